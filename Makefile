@@ -1,0 +1,38 @@
+# The verbs of fashion-lens. Every target creates or reuses the virtual environment in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: setup data demo test lab app bench clean
+
+setup: $(INSTALLED)
+
+# Reinstall only when a requirements file changes: a second run is instant.
+$(INSTALLED): requirements.txt requirements-test.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 10) else "fashion-lens needs Python 3.10 or newer (3.11 recommended)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	@touch $@
+
+data: setup  ## get the catalogue into data/fashion (or check the folder FASHION_LENS_DATA names)
+	$(BIN)/python download_data.py
+
+demo: data  ## the main job: data, features, every notebook executed into artifacts/notebooks
+	$(BIN)/python run_notebooks.py
+
+test: setup  ## the whole test suite on the real catalogue
+	$(BIN)/python -m pytest
+
+lab: setup  ## JupyterLab on the notebooks
+	$(BIN)/python -m jupyterlab notebooks
+
+app: setup  ## the Streamlit app on http://localhost:8501
+	$(BIN)/python -m streamlit run app.py
+
+bench: setup  ## the benchmark against the reference method (QUICK=1 for a few minutes)
+	$(BIN)/python benchmark.py $(if $(QUICK),--quick,)
+
+clean:  ## remove generated artifacts (keeps data and the environment)
+	rm -rf artifacts/* .pytest_cache

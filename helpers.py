@@ -1,0 +1,1187 @@
+"""fashion-lens: the shared code behind the notebooks, the widget, the app and the benchmark.
+
+Read it top to bottom in the order the data flows:
+
+    settings -> catalogue -> images -> features (extractor, descriptors, cache)
+    -> index and search -> evaluation -> display and widgets
+
+Heavy libraries (TensorFlow/Keras, matplotlib, ipywidgets) are imported inside the
+functions that need them, so `import helpers` is quick and never touches the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+# ============================================================================
+# Settings
+# ============================================================================
+
+BACKBONES = ("resnet50", "mobilenet_v2")
+ENVIRONMENT_VARIABLES = {
+    "data_dir": "FASHION_LENS_DATA",
+    "artifacts_dir": "FASHION_LENS_ARTIFACTS",
+    "backbone": "FASHION_LENS_BACKBONE",
+    "weights": "FASHION_LENS_WEIGHTS",
+}
+DEFAULT_SETTINGS = {
+    "data_dir": PROJECT_DIR / "data" / "fashion",
+    "artifacts_dir": PROJECT_DIR / "artifacts",
+    "backbone": "resnet50",  # the reference article's backbone
+    "weights": "imagenet",
+}
+# "random" builds the network untrained: for shape tests only, never for recommendations.
+RANDOM_WEIGHTS = "random"
+
+
+class SettingsError(ValueError):
+    """A setting (argument or environment variable) has a value the project cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    artifacts_dir: Path
+    backbone: str
+    weights: str  # "imagenet", "random" or the path of a Keras weights file
+
+
+def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None) -> Settings:
+    """Read the settings: an argument wins, then the environment variable, then the default.
+
+    >>> get_settings(backbone="mobilenet_v2").backbone
+    'mobilenet_v2'
+    """
+    given = {"data_dir": data_dir, "artifacts_dir": artifacts_dir, "backbone": backbone, "weights": weights}
+    values = {}
+    for name, value in given.items():
+        if value is None or value == "":
+            value = os.environ.get(ENVIRONMENT_VARIABLES[name]) or DEFAULT_SETTINGS[name]
+        values[name] = value
+    backbone_name = str(values["backbone"]).strip().lower()
+    if backbone_name not in BACKBONES:
+        raise SettingsError(
+            f"Unknown backbone {values['backbone']!r}. Choose one of {', '.join(BACKBONES)} "
+            f"(argument backbone= or environment variable {ENVIRONMENT_VARIABLES['backbone']})."
+        )
+    return Settings(
+        data_dir=Path(values["data_dir"]).expanduser().resolve(),
+        artifacts_dir=Path(values["artifacts_dir"]).expanduser().resolve(),
+        backbone=backbone_name,
+        weights=_check_weights(str(values["weights"])),
+    )
+
+
+def _check_weights(weights: str) -> str:
+    if weights in ("imagenet", RANDOM_WEIGHTS):
+        return weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise SettingsError(
+            f"Weights file {weights!r} does not exist. Give 'imagenet' or the path of a Keras "
+            f"weights file (.h5) via weights= or {ENVIRONMENT_VARIABLES['weights']}."
+        )
+    with open(path, "rb") as handle:
+        signature = handle.read(8)
+    if signature != b"\x89HDF\r\n\x1a\n" and not zipfile_signature(signature):
+        raise SettingsError(
+            f"{weights!r} is not a Keras weights file (expected an HDF5 .h5 or a .keras/.weights.h5 file). "
+            "Point the weights setting at the file Keras saved or downloaded."
+        )
+    return str(path.resolve())
+
+
+def zipfile_signature(first_bytes: bytes) -> bool:
+    return first_bytes.startswith(b"PK\x03\x04")
+
+
+def writable_dir(path: Path) -> Path:
+    """Create `path` if needed and make sure files can be written there (fail early, with advice)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise SettingsError(
+            f"Cannot write to the artifacts folder {path} ({error.strerror or error}). "
+            f"Choose a writable folder with artifacts_dir= or {ENVIRONMENT_VARIABLES['artifacts_dir']}."
+        ) from error
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[io.IOBase]:
+    """Write `path` through a temporary file in the same folder, renamed into place only when
+    complete: a reader never sees half a file and a crash leaves the old file untouched."""
+    path = Path(path)
+    writable_dir(path.parent)
+    handle = tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
+
+
+def show_versions() -> dict:
+    """The versions of the libraries that shape the results (printed by each notebook's setup cell)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["python", "numpy", "pandas", "pillow", "tensorflow", "keras", "scikit-learn", "faiss-cpu"]
+    found = {}
+    for name in names:
+        if name == "python":
+            import platform
+
+            found[name] = platform.python_version()
+            continue
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+# ============================================================================
+# Catalogue
+# ============================================================================
+
+CATALOG_COLUMNS = [
+    "ProductId", "Gender", "Category", "SubCategory", "ProductType",
+    "Colour", "Usage", "ProductTitle", "Image", "ImageURL",
+]
+# The catalogue's folders are named by category and adult gender; kids' apparel sits under them.
+GENDER_FOLDERS = {
+    "Boys": "Apparel/Men",
+    "Girls": "Apparel/Women",
+    "Men": "Footwear/Men",
+    "Women": "Footwear/Women",
+}
+GENDERS = tuple(GENDER_FOLDERS)
+FILTER_COLUMNS = ("SubCategory", "ProductType", "Colour", "Usage")
+
+
+class CatalogError(ValueError):
+    """The catalogue (folder or fashion.csv) cannot be used as it is."""
+
+
+class MissingImagesWarning(UserWarning):
+    """Some catalogue rows have no image file; they are left out."""
+
+
+def normalize_product_id(product_id) -> str:
+    """ProductIds are strings of digits everywhere: 13683, ' 13683 ' and '13683' are the same product."""
+    if isinstance(product_id, (bool, np.bool_)):
+        raise KeyError(f"{product_id!r} is not a ProductId: give the digits, for example '13683'.")
+    if isinstance(product_id, (int, np.integer)):
+        return str(int(product_id))
+    if isinstance(product_id, (float, np.floating)) and float(product_id).is_integer():
+        return str(int(product_id))
+    text = str(product_id).strip()
+    if not text.isdigit():
+        raise KeyError(f"{product_id!r} is not a ProductId: a ProductId is made of digits, for example '13683'.")
+    return text
+
+
+def load_catalog(data_dir=None) -> pd.DataFrame:
+    """Read fashion.csv, check it, and add each product's image path and duplicate group.
+
+    Columns added: `image_path` (str), `image_sha256` (fingerprint of the file's bytes),
+    `duplicate_group` (the smallest ProductId sharing a byte-identical image; the product's own
+    id when its image is unique) and `is_duplicate` (True for every copy but the first).
+    ProductId stays a string. Rows whose image file is missing are reported and left out.
+    """
+    data_dir = Path(data_dir) if data_dir is not None else get_settings().data_dir
+    if not data_dir.is_dir():
+        raise CatalogError(
+            f"The catalogue folder {data_dir} does not exist. Run `make data` to get the catalogue, "
+            f"or point {ENVIRONMENT_VARIABLES['data_dir']} (or data_dir=) at the folder that holds fashion.csv."
+        )
+    csv_path = data_dir / "fashion.csv"
+    if not csv_path.is_file():
+        raise CatalogError(
+            f"{csv_path} is missing. The catalogue folder must hold fashion.csv and the image folders; "
+            "run `make data` to get a complete copy."
+        )
+    try:
+        catalog = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CatalogError(
+            f"{csv_path} is not UTF-8 text (byte {error.start}: {error.reason}). Save it as UTF-8, "
+            "or run `make data` to restore the original file."
+        ) from error
+    except pd.errors.EmptyDataError as error:
+        raise CatalogError(f"{csv_path} is empty. Run `make data` to restore the original file.") from error
+    except pd.errors.ParserError as error:
+        raise CatalogError(f"{csv_path} is not a readable CSV file ({error}). Run `make data` to restore it.") from error
+
+    missing_columns = [column for column in CATALOG_COLUMNS if column not in catalog.columns]
+    if missing_columns:
+        raise CatalogError(
+            f"{csv_path} lacks the column(s) {', '.join(missing_columns)}. Expected the columns "
+            f"{', '.join(CATALOG_COLUMNS)}; found {', '.join(map(str, catalog.columns))}."
+        )
+    if catalog.empty:
+        raise CatalogError(f"{csv_path} has a header but no products. Run `make data` to restore the original file.")
+    for column in CATALOG_COLUMNS:
+        catalog[column] = catalog[column].astype(str).str.strip()
+
+    bad_ids = catalog.loc[~catalog["ProductId"].str.fullmatch(r"\d+"), "ProductId"]
+    if len(bad_ids):
+        rows = ", ".join(f"line {index + 2}: {value!r}" for index, value in bad_ids.head(5).items())
+        raise CatalogError(f"ProductId must be made of digits; {len(bad_ids)} row(s) are not ({rows}). Fix those rows.")
+    repeated = catalog.loc[catalog["ProductId"].duplicated(keep=False), "ProductId"].unique()
+    if len(repeated):
+        raise CatalogError(
+            f"ProductId must be unique; {len(repeated)} id(s) appear more than once: "
+            f"{', '.join(repeated[:10])}. Remove or renumber the repeated rows."
+        )
+    unknown = sorted(set(catalog["Gender"]) - set(GENDERS))
+    if unknown:
+        raise CatalogError(
+            f"Unknown Gender value(s) {', '.join(map(repr, unknown))}; each row must be one of "
+            f"{', '.join(GENDERS)} (the folders {', '.join(GENDER_FOLDERS.values())})."
+        )
+
+    file_names = catalog["Image"].where(catalog["Image"] != "", catalog["ProductId"] + ".jpg")
+    folders = catalog["Gender"].map(GENDER_FOLDERS)
+    catalog["image_path"] = [str(data_dir / folder / name) for folder, name in zip(folders, file_names)]
+    exists = np.array([os.path.isfile(path) for path in catalog["image_path"]], dtype=bool)
+    if not exists.all():
+        absent = catalog.loc[~exists]
+        examples = ", ".join(f"{pid} ({path})" for pid, path in zip(absent["ProductId"].head(5), absent["image_path"].head(5)))
+        warnings.warn(
+            f"{len(absent)} of {len(catalog)} products have no image file and are left out: {examples}"
+            f"{' ...' if len(absent) > 5 else ''}. Run `make data` to fetch the missing images.",
+            MissingImagesWarning,
+            stacklevel=2,
+        )
+        catalog = catalog.loc[exists].reset_index(drop=True)
+
+    catalog["image_sha256"] = [file_sha256(path) for path in catalog["image_path"]]
+    smallest_id = catalog.groupby("image_sha256")["ProductId"].transform(lambda ids: min(ids, key=int))
+    catalog["duplicate_group"] = smallest_id
+    order = catalog["ProductId"].astype(int)
+    first_of_group = catalog.assign(_order=order).groupby("image_sha256")["_order"].transform("min") == order
+    catalog["is_duplicate"] = ~first_of_group
+    return catalog
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def duplicate_groups(catalog: pd.DataFrame) -> pd.DataFrame:
+    """The products that share a byte-identical image, one row per product, with its group."""
+    grouped = catalog[catalog.groupby("duplicate_group")["ProductId"].transform("size") > 1]
+    return grouped[["duplicate_group", "ProductId", "Gender", "SubCategory", "ProductType", "Colour", "ProductTitle"]] \
+        .sort_values(["duplicate_group", "ProductId"], key=lambda s: s.astype(int)).reset_index(drop=True)
+
+
+def split_by_gender(catalog: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The reference article's four subsets: Boys and Girls apparel, Men and Women footwear."""
+    return {gender: catalog[catalog["Gender"] == gender].reset_index(drop=True) for gender in GENDERS}
+
+
+def save_gender_splits(catalog: pd.DataFrame, artifacts_dir=None) -> dict[str, Path]:
+    """Write each gender's rows to artifacts/splits/<Gender>.csv (atomically); returns the paths."""
+    folder = Path(artifacts_dir or get_settings().artifacts_dir) / "splits"
+    paths = {}
+    for gender, subset in split_by_gender(catalog).items():
+        paths[gender] = folder / f"{gender}.csv"
+        with atomic_write(paths[gender], "w") as handle:
+            subset[CATALOG_COLUMNS].to_csv(handle, index=False)
+    return paths
+
+
+def find_products(catalog: pd.DataFrame, text: str, limit: int = 20) -> pd.DataFrame:
+    """Products whose id or title contains `text` (case-insensitive), for search boxes."""
+    text = str(text).strip().lower()
+    if not text:
+        return catalog.head(0)
+    hits = catalog["ProductId"].str.startswith(text) | catalog["ProductTitle"].str.lower().str.contains(text, regex=False)
+    return catalog[hits].head(limit)
+
+
+def product_row(catalog: pd.DataFrame, product_id) -> pd.Series:
+    """The catalogue row of one product; an unknown id raises KeyError naming close ids."""
+    product_id = normalize_product_id(product_id)
+    match = catalog.index[catalog["ProductId"] == product_id]
+    if len(match) == 0:
+        raise KeyError(unknown_product_message(catalog["ProductId"], product_id))
+    return catalog.loc[match[0]]
+
+
+def unknown_product_message(known_ids, product_id: str) -> str:
+    known = pd.Series(np.asarray(known_ids, dtype=str))
+    close = known[known.str.startswith(product_id[: max(1, len(product_id) - 1)])].head(5).tolist()
+    hint = f" Close ids: {', '.join(close)}." if close else " Search by title to find an id."
+    return f"ProductId {product_id!r} is not in the catalogue.{hint}"
+
+
+# ============================================================================
+# Images
+# ============================================================================
+
+IMAGE_SIZE = 224
+# Photos far larger than any catalogue image are refused before decoding (decompression bombs).
+MAX_IMAGE_PIXELS = 40_000_000
+WHITE_THRESHOLD = 235  # a pixel whose three channels are all above this is background
+GEOMETRIES = ("stretch", "pad", "crop")
+
+
+class ImageError(ValueError):
+    """A file or upload that cannot be read as a product photo."""
+
+
+def load_image(source, name: str | None = None) -> Image.Image:
+    """Open a photo as an RGB PIL image, from a path, bytes, a file object or a PIL image.
+
+    Transparent pixels become white (the catalogue's background); grayscale, CMYK and 16-bit
+    images are converted. Anything that is not a readable image raises ImageError.
+    """
+    if isinstance(source, Image.Image):
+        return _to_rgb(source)
+    label = name or (str(source) if isinstance(source, (str, Path)) else "the upload")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"Image file {path} does not exist.")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{label} is empty (0 bytes): it is not an image. Choose a JPEG or PNG photo.")
+        opener = lambda: Image.open(path)  # noqa: E731
+    else:
+        data = source.read() if hasattr(source, "read") else bytes(source)
+        if not data:
+            raise ImageError(f"{label} is empty (0 bytes): it is not an image. Choose a JPEG or PNG photo.")
+        opener = lambda: Image.open(io.BytesIO(data))  # noqa: E731
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = opener()
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageError(
+                    f"{label} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed. "
+                    "Resize the photo (a product photo needs no more than a few megapixels)."
+                )
+            # JPEG can decode straight at a reduced size: much faster for large originals.
+            image.draft("RGB", (IMAGE_SIZE * 2, IMAGE_SIZE * 2))
+            image.load()
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{label} is not an image Pillow can read ({error}). Choose a JPEG or PNG photo.") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{label} is damaged or truncated ({error}). Re-export or re-download the photo.") from error
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit integer) grayscale: scale to 8 bits rather than clipping.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def foreground_box(image: Image.Image, margin: float = 0.04) -> tuple[int, int, int, int]:
+    """Bounding box of the product: the pixels that are not near-white background, plus a margin."""
+    array = np.asarray(image)
+    mask = (array < WHITE_THRESHOLD).any(axis=2)
+    if not mask.any():
+        return (0, 0, image.width, image.height)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    pad_x, pad_y = int(margin * image.width), int(margin * image.height)
+    return (max(0, cols[0] - pad_x), max(0, rows[0] - pad_y),
+            min(image.width, cols[-1] + 1 + pad_x), min(image.height, rows[-1] + 1 + pad_y))
+
+
+def to_square(image: Image.Image, geometry: str = "pad", size: int = IMAGE_SIZE) -> np.ndarray:
+    """Turn a (3:4 portrait) photo into the network's size x size input, as uint8 RGB.
+
+    - "stretch": resize to a square, distorting the shape (the reference article's way);
+    - "pad": keep the shape, scale to fit and pad the sides with white, the photos' background;
+    - "crop": cut to the product's bounding box first, then pad: the product fills the frame.
+    """
+    if geometry == "stretch":
+        square = image.resize((size, size), Image.Resampling.BILINEAR)
+    elif geometry in ("pad", "crop"):
+        if geometry == "crop":
+            image = image.crop(foreground_box(image))
+        square = ImageOps.pad(image, (size, size), method=Image.Resampling.BILINEAR, color=(255, 255, 255))
+    else:
+        raise SettingsError(f"Unknown geometry {geometry!r}; choose one of {', '.join(GEOMETRIES)}.")
+    return np.asarray(square, dtype=np.uint8)
+
+
+# ============================================================================
+# Features: extractor, descriptors and their cache
+# ============================================================================
+
+POOLINGS = ("gap", "grid2x2", "flatten")
+PREPROCESSINGS = ("backbone", "rescale")
+KERAS_WEIGHT_FILES = {
+    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "mobilenet_v2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+}
+CACHE_FORMAT = 1
+_MODELS: dict = {}
+
+
+class WeightsError(RuntimeError):
+    """The backbone's weights cannot be found or loaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureRecipe:
+    """Everything that decides the numbers in a feature vector; the cache is keyed by it.
+
+    The project's default: ImageNet backbone with its own preprocess_input, photo padded to a
+    square on white, feature map pooled over a 2x2 grid (keeps the garment's layout),
+    L2-normalised, stored as float16. `reference()` gives the article's recipe instead.
+    """
+
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    geometry: str = "pad"
+    preprocessing: str = "backbone"  # "backbone": the network's own preprocess_input; "rescale": pixels / 255
+    pooling: str = "grid2x2"
+    image_size: int = IMAGE_SIZE
+    dtype: str = "float16"
+
+    @property
+    def is_reference(self) -> bool:
+        return self.pooling == "flatten"
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}-{self.geometry}-{self.preprocessing}-{self.pooling}"
+
+    def check(self) -> FeatureRecipe:
+        choices = {"backbone": BACKBONES, "geometry": GEOMETRIES, "preprocessing": PREPROCESSINGS,
+                   "pooling": POOLINGS, "dtype": ("float16", "float32")}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise SettingsError(f"Unknown {field} {getattr(self, field)!r}; choose one of {', '.join(allowed)}.")
+        if self.image_size != IMAGE_SIZE:
+            raise SettingsError(f"image_size must be {IMAGE_SIZE}: the weights on offer are trained at that size.")
+        return self
+
+
+def default_recipe(settings: Settings | None = None, **changes) -> FeatureRecipe:
+    """The project's recipe for the configured backbone and weights (fields can be overridden)."""
+    settings = settings or get_settings()
+    return dataclasses.replace(FeatureRecipe(backbone=settings.backbone, weights=settings.weights), **changes).check()
+
+
+def reference_recipe(settings: Settings | None = None) -> FeatureRecipe:
+    """The reference article's recipe: stretch (nearest), pixels / 255, flatten the 7x7xC map, float32."""
+    return default_recipe(settings, geometry="stretch", preprocessing="rescale", pooling="flatten", dtype="float32")
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+
+
+def weights_identity(backbone: str, weights: str) -> str:
+    """A name for the weights that changes when the weights file changes (part of the cache key)."""
+    if weights == RANDOM_WEIGHTS:
+        return RANDOM_WEIGHTS
+    path = Path(weights) if weights != "imagenet" else keras_cache_dir() / KERAS_WEIGHT_FILES[backbone]
+    if not path.is_file():
+        load_backbone(backbone, weights)  # downloads the ImageNet file into the Keras cache, or explains why not
+    return f"{weights if weights == 'imagenet' else path.name}:sha256={file_sha256(path)[:16]}"
+
+
+def load_backbone(backbone: str, weights: str = "imagenet"):
+    """The Keras ImageNet backbone without its classifier (include_top=False): photo -> 7x7xC feature map.
+
+    Built once per process. With weights="imagenet", Keras reads its cache (~/.keras/models or
+    $KERAS_HOME/models) and downloads the file only when it is missing.
+    """
+    key = (backbone, weights)
+    if key in _MODELS:
+        return _MODELS[key]
+    if backbone not in BACKBONES:
+        raise SettingsError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    build = {"resnet50": keras.applications.ResNet50, "mobilenet_v2": keras.applications.MobileNetV2}[backbone]
+    try:
+        model = build(include_top=False, weights=None if weights == RANDOM_WEIGHTS else weights,
+                      input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    except Exception as error:  # Keras raises a bare Exception when the download fails
+        if weights != "imagenet":
+            raise WeightsError(
+                f"Cannot load the {backbone} weights from {weights} ({error}). Give a weights file saved "
+                f"for {backbone} with include_top=False, or use weights='imagenet'."
+            ) from error
+        raise WeightsError(
+            f"The ImageNet weights for {backbone} are not in the Keras cache ({keras_cache_dir()}) and could not "
+            f"be downloaded ({str(error)[:200]}). Fix one of: connect to the internet once (Keras then keeps the file); "
+            f"copy {KERAS_WEIGHT_FILES[backbone]} into {keras_cache_dir()}; set {ENVIRONMENT_VARIABLES['weights']} "
+            f"to the path of a weights file; or use the light backbone with {ENVIRONMENT_VARIABLES['backbone']}=mobilenet_v2."
+        ) from error
+    _MODELS[key] = model
+    return model
+
+
+def preprocess_batch(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """uint8 RGB batch -> the network's input. ResNet50 expects BGR with the ImageNet mean removed
+    (its own preprocess_input), MobileNetV2 expects [-1, 1]: scaling by 1/255 (the article) fits neither."""
+    batch = pixels.astype(np.float32)
+    if recipe.preprocessing == "rescale":
+        return batch / 255.0
+    import keras
+
+    module = {"resnet50": keras.applications.resnet50, "mobilenet_v2": keras.applications.mobilenet_v2}[recipe.backbone]
+    return module.preprocess_input(batch)
+
+
+def l2_normalize(vectors: np.ndarray, axis: int = -1) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=axis, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def pool_feature_maps(maps: np.ndarray, pooling: str) -> np.ndarray:
+    """(N, H, W, C) feature maps -> (N, D) descriptors.
+
+    - "gap": global average, L2-normalised (C numbers);
+    - "grid2x2": averages over four overlapping quadrants, each normalised, then the whole (4C):
+      the top of a garment stays apart from its bottom;
+    - "flatten": every number of the map, unnormalised (the article's H*W*C numbers).
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if pooling == "flatten":
+        return maps.reshape(len(maps), -1)
+    if pooling == "gap":
+        return l2_normalize(maps.mean(axis=(1, 2)))
+    height, width = maps.shape[1:3]
+    cells = []
+    for row in range(2):
+        for col in range(2):
+            # adaptive pooling bounds: 7 -> rows 0..3 and 3..6 (the middle row belongs to both)
+            r0, r1 = (row * height) // 2, -(-((row + 1) * height) // 2)
+            c0, c1 = (col * width) // 2, -(-((col + 1) * width) // 2)
+            cells.append(l2_normalize(maps[:, r0:r1, c0:c1, :].mean(axis=(1, 2))))
+    return l2_normalize(np.concatenate(cells, axis=1))
+
+
+COLOUR_DESCRIPTOR_VERSION = "hsv-12x3x3+5grey-sqrt-v1"
+HUE_BINS, SATURATION_BINS, VALUE_BINS, GREY_BINS = 12, 3, 3, 5
+
+
+def product_mask(pixels: np.ndarray) -> np.ndarray:
+    """True where a pixel belongs to the product: the photos are shot on white."""
+    mask = (pixels < WHITE_THRESHOLD).any(axis=-1)
+    return mask if mask.sum() >= 0.01 * mask.size else np.ones_like(mask)  # a white product: use every pixel
+
+
+def colour_descriptor(image: Image.Image) -> np.ndarray:
+    """A colour histogram of the product alone (background ignored), comparable by a dot product.
+
+    Hue x saturation x value bins for coloured pixels plus grey levels for unsaturated ones;
+    square-rooted and L2-normalised, so the dot product of two descriptors is the
+    Bhattacharyya coefficient of the two histograms (1 = same colours).
+    """
+    small = image.copy()
+    small.thumbnail((96, 96))
+    rgb = np.asarray(small)
+    hsv = np.asarray(small.convert("HSV")).reshape(-1, 3).astype(np.int32)
+    hsv = hsv[product_mask(rgb).reshape(-1)]
+    hue, saturation, value = hsv[:, 0], hsv[:, 1], hsv[:, 2]
+    grey = saturation < 40
+    chroma_bin = ((hue * HUE_BINS) // 256) * SATURATION_BINS * VALUE_BINS \
+        + np.minimum((saturation - 40) * SATURATION_BINS // 216, SATURATION_BINS - 1) * VALUE_BINS \
+        + (value * VALUE_BINS) // 256
+    grey_bin = HUE_BINS * SATURATION_BINS * VALUE_BINS + (value * GREY_BINS) // 256
+    bins = np.where(grey, grey_bin, chroma_bin)
+    histogram = np.bincount(bins, minlength=HUE_BINS * SATURATION_BINS * VALUE_BINS + GREY_BINS).astype(np.float32)
+    return l2_normalize(np.sqrt(histogram / max(histogram.sum(), 1.0)))
+
+
+def embed_images(images: Iterable, recipe: FeatureRecipe) -> np.ndarray:
+    """Descriptors for a few photos (paths, bytes or PIL images), through exactly the catalogue's pipeline."""
+    pixels = np.stack([to_square(load_image(image), recipe.geometry, recipe.image_size) for image in images])
+    return _run_network(pixels, recipe)
+
+
+def _run_network(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    model = load_backbone(recipe.backbone, _weights_argument(recipe))
+    batch = preprocess_batch(pixels, recipe)
+    if recipe.is_reference:  # the article: model.predict, one image at a time
+        maps = np.concatenate([model.predict(batch[i:i + 1], verbose=0) for i in range(len(batch))])
+    else:
+        maps = np.asarray(model(batch, training=False))
+    return pool_feature_maps(maps, recipe.pooling).astype(recipe.dtype)
+
+
+def _weights_argument(recipe: FeatureRecipe) -> str:
+    # the recipe keeps "imagenet:sha256=..." or "<file name>:sha256=..."; Keras wants the original value
+    return _WEIGHT_SOURCES.get(recipe.weights, recipe.weights.split(":sha256=")[0])
+
+
+_WEIGHT_SOURCES: dict[str, str] = {}
+
+
+def resolve_recipe(recipe: FeatureRecipe) -> FeatureRecipe:
+    """Replace the weights setting ("imagenet" or a path) by its identity, which includes the file's hash."""
+    if ":sha256=" in recipe.weights or recipe.weights == RANDOM_WEIGHTS:
+        return recipe
+    identity = weights_identity(recipe.backbone, recipe.weights)
+    _WEIGHT_SOURCES[identity] = recipe.weights
+    return dataclasses.replace(recipe, weights=identity)
+
+
+@dataclasses.dataclass
+class Features:
+    """Descriptors of a set of products, row for row with `ids`."""
+
+    ids: np.ndarray          # ProductIds (str)
+    vectors: np.ndarray      # (N, D) CNN descriptors
+    colours: np.ndarray      # (N, C) colour descriptors of the product (background ignored)
+    recipe: FeatureRecipe
+    cache_dir: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def megabytes(self) -> float:
+        return self.vectors.nbytes / 1e6
+
+
+class FeatureCacheWarning(UserWarning):
+    """Part of the feature cache was damaged or written by other settings; it is recomputed."""
+
+
+def feature_cache_dir(recipe: FeatureRecipe, artifacts_dir=None) -> Path:
+    """artifacts/features/<recipe name>-<hash of the recipe>: a cache per recipe, never shared."""
+    recipe = resolve_recipe(recipe)
+    key = hashlib.sha256(json.dumps(_cache_identity(recipe), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(artifacts_dir or get_settings().artifacts_dir) / "features" / f"{recipe.name}-{key}"
+
+
+def _cache_identity(recipe: FeatureRecipe) -> dict:
+    return {"format": CACHE_FORMAT, "recipe": dataclasses.asdict(recipe), "colour": COLOUR_DESCRIPTOR_VERSION}
+
+
+def extract_features(catalog: pd.DataFrame, recipe: FeatureRecipe | None = None, *, artifacts_dir=None,
+                     batch_size: int = 32, shard_size: int = 512, progress: bool = True) -> Features:
+    """Descriptors of every product in `catalog`, computed only where the cache has none.
+
+    Photos are decoded by a thread pool while the network runs on the previous batch. Results
+    are saved every `shard_size` images, so an interrupted run resumes where it stopped. A
+    product whose photo changed (different bytes) is recomputed; the rest is read back.
+    Unreadable photos are reported and left out.
+    """
+    recipe = resolve_recipe((recipe or default_recipe()).check())
+    cache_dir = feature_cache_dir(recipe, artifacts_dir)
+    writable_dir(cache_dir)
+    ids = catalog["ProductId"].to_numpy(dtype=str)
+    fingerprints = catalog["image_sha256"].to_numpy(dtype=str)
+    known = _rows_by_id(read_feature_cache(cache_dir, recipe))
+    todo = [i for i, (pid, fp) in enumerate(zip(ids, fingerprints)) if known.get(pid, (None,))[0] != fp]
+    if todo:
+        failures = _compute_into_cache(catalog.iloc[todo], recipe, cache_dir, batch_size, shard_size, progress)
+        if failures:
+            examples = "; ".join(f"{pid}: {reason}" for pid, reason in list(failures.items())[:5])
+            warnings.warn(f"{len(failures)} photo(s) could not be read and are left out ({examples}).", stacklevel=2)
+    stored = read_feature_cache(cache_dir, recipe)
+    known = _rows_by_id(stored)
+    keep = [i for i, (pid, fp) in enumerate(zip(ids, fingerprints)) if known.get(pid, (None,))[0] == fp]
+    rows = [known[ids[i]][1] for i in keep]
+    return Features(ids=ids[keep], vectors=stored["vectors"][rows], colours=stored["colours"][rows], recipe=recipe, cache_dir=cache_dir)
+
+
+def _compute_into_cache(rows: pd.DataFrame, recipe, cache_dir, batch_size, shard_size, progress) -> dict:
+    from tqdm.auto import tqdm
+
+    if recipe.is_reference:
+        batch_size = 1  # the article's generator ran with batch_size=1
+    failures = {}
+    bar = tqdm(total=len(rows), desc=f"{recipe.name} features", unit="img", disable=not progress)
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        for start in range(0, len(rows), shard_size):
+            chunk = rows.iloc[start:start + shard_size]
+            prepared = pool.map(lambda path: _prepare_photo(path, recipe), chunk["image_path"])
+            done_ids, done_fps, vectors, colours, pixels = [], [], [], [], []
+            for pid, fp, (result, error) in zip(chunk["ProductId"], chunk["image_sha256"], prepared):
+                if error:
+                    failures[pid] = error
+                else:
+                    done_ids.append(pid); done_fps.append(fp)
+                    pixels.append(result[0]); colours.append(result[1])
+                if len(pixels) == batch_size:
+                    vectors.append(_run_network(np.stack(pixels), recipe)); pixels = []
+                bar.update(1)
+            if pixels:
+                vectors.append(_run_network(np.stack(pixels), recipe))
+            if done_ids:
+                _write_shard(cache_dir, recipe, np.array(done_ids), np.array(done_fps),
+                             np.concatenate(vectors), np.stack(colours).astype(np.float32))
+    bar.close()
+    return failures
+
+
+def _prepare_photo(path: str, recipe: FeatureRecipe):
+    try:
+        image = load_image(path)
+    except ImageError as error:
+        return None, str(error)
+    return (to_square(image, recipe.geometry, recipe.image_size), colour_descriptor(image)), None
+
+
+@contextlib.contextmanager
+def _locked(cache_dir: Path):
+    """An exclusive lock on the cache folder, so two writers (notebook and app) never mix manifests."""
+    import fcntl
+
+    with open(cache_dir / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_shard(cache_dir: Path, recipe: FeatureRecipe, ids, fingerprints, vectors, colours) -> None:
+    """Save one shard (atomic), then add it to the manifest under the lock: a shard counts only once listed."""
+    name = f"shard-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.npz"
+    with atomic_write(cache_dir / name) as handle:
+        np.savez(handle, ids=ids, fingerprints=fingerprints, vectors=vectors.astype(recipe.dtype), colours=colours)
+    entry = {"file": name, "sha256": file_sha256(cache_dir / name), "count": int(len(ids))}
+    with _locked(cache_dir):
+        manifest = _read_manifest(cache_dir, recipe) or _new_manifest(recipe)
+        manifest["shards"].append(entry)
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        with atomic_write(cache_dir / "manifest.json", "w") as out:
+            json.dump(manifest, out, indent=1)
+
+
+def _new_manifest(recipe: FeatureRecipe) -> dict:
+    return {**_cache_identity(recipe), "versions": show_versions(), "shards": []}
+
+
+def _read_manifest(cache_dir: Path, recipe: FeatureRecipe) -> dict | None:
+    path = cache_dir / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        shards = manifest["shards"]
+        if not all({"file", "sha256", "count"} <= set(entry) for entry in shards):
+            raise ValueError("shard entries lack file, sha256 or count")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        warnings.warn(f"Feature cache manifest {path} is damaged ({error}); the features are recomputed.",
+                      FeatureCacheWarning, stacklevel=3)
+        return None
+    if {k: manifest.get(k) for k in ("format", "recipe", "colour")} != _cache_identity(recipe):
+        warnings.warn(f"Feature cache {cache_dir} was written by other settings; it is not reused and is rebuilt.",
+                      FeatureCacheWarning, stacklevel=3)
+        return None
+    return manifest
+
+
+def _load_shard(cache_dir: Path, entry: dict) -> dict | None:
+    path = cache_dir / entry["file"]
+    try:
+        if file_sha256(path) != entry["sha256"]:
+            raise ValueError("its checksum does not match the manifest")
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in ("ids", "fingerprints", "vectors", "colours")}
+        if not len(arrays["ids"]) == len(arrays["vectors"]) == len(arrays["colours"]) == entry["count"]:
+            raise ValueError("its arrays do not have the listed length")
+    except (OSError, ValueError, KeyError) as error:
+        warnings.warn(f"Feature cache file {path} is damaged or missing ({error}); its products are recomputed.",
+                      FeatureCacheWarning, stacklevel=4)
+        return None
+    return arrays
+
+
+def read_feature_cache(cache_dir: Path, recipe: FeatureRecipe) -> dict[str, np.ndarray]:
+    """Every valid shard of a cache, concatenated: arrays ids, fingerprints, vectors, colours.
+
+    A shard that is damaged, missing or not listed in the manifest is ignored (with a warning
+    for the first two); when an id appears in several shards the last one wins."""
+    manifest = _read_manifest(cache_dir, recipe) or {"shards": []}
+    loaded = [arrays for arrays in (_load_shard(cache_dir, entry) for entry in manifest["shards"]) if arrays is not None]
+    if not loaded:
+        return {"ids": np.array([], dtype=str), "fingerprints": np.array([], dtype=str),
+                "vectors": np.zeros((0, 0), dtype=recipe.dtype), "colours": np.zeros((0, 0), dtype=np.float32)}
+    return {name: np.concatenate([arrays[name] for arrays in loaded]) for name in loaded[0]}
+
+
+def _rows_by_id(stored: dict) -> dict[str, tuple[str, int]]:
+    return {pid: (fp, row) for row, (pid, fp) in enumerate(zip(stored["ids"], stored["fingerprints"]))}
+
+
+# ============================================================================
+# Index and search
+# ============================================================================
+
+DEFAULT_COLOUR_WEIGHT = 0.3
+CANDIDATE_POOL = 100  # colour re-ranks the visually closest products, not the whole catalogue
+MAX_RESULTS = 100
+
+
+class SearchError(ValueError):
+    """A query the engine cannot answer as given (bad k, unknown filter value, unreadable image)."""
+
+
+@dataclasses.dataclass
+class Index:
+    """The searchable catalogue: rows grouped by gender, aligned with their descriptors."""
+
+    catalog: pd.DataFrame
+    vectors: np.ndarray            # float32 (N, D)
+    colours: np.ndarray            # float32 (N, C)
+    recipe: FeatureRecipe
+    gender_rows: dict[str, slice]  # each gender's rows are contiguous: a query multiplies only its slice
+    positions: dict[str, int]      # ProductId -> row
+    codes: dict[str, pd.Categorical]
+    groups: np.ndarray             # duplicate group of each row, as integer codes
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.recipe.is_reference
+
+
+def build_index(catalog: pd.DataFrame, features: Features) -> Index:
+    """Join the catalogue with its features; products without features are left out."""
+    if features.recipe.weights == RANDOM_WEIGHTS:
+        warnings.warn("These features come from an untrained network (weights='random'): "
+                      "use them to test shapes, never as recommendations.", stacklevel=2)
+    row_of = {pid: row for row, pid in enumerate(features.ids)}
+    rows = catalog[catalog["ProductId"].isin(row_of)].copy()
+    rows["_gender"] = pd.Categorical(rows["Gender"], categories=GENDERS)
+    rows = rows.sort_values("_gender", kind="stable").drop(columns="_gender").reset_index(drop=True)
+    order = np.array([row_of[pid] for pid in rows["ProductId"]], dtype=np.int64)
+    gender_rows, start = {}, 0
+    for gender in GENDERS:
+        count = int((rows["Gender"] == gender).sum())
+        gender_rows[gender] = slice(start, start + count)
+        start += count
+    return Index(
+        catalog=rows,
+        vectors=np.ascontiguousarray(features.vectors[order], dtype=np.float32),
+        colours=np.ascontiguousarray(features.colours[order], dtype=np.float32),
+        recipe=features.recipe,
+        gender_rows=gender_rows,
+        positions={pid: row for row, pid in enumerate(rows["ProductId"])},
+        codes={column: pd.Categorical(rows[column]) for column in FILTER_COLUMNS},
+        groups=pd.factorize(rows["duplicate_group"])[0],
+    )
+
+
+def load_index(catalog: pd.DataFrame | None = None, settings: Settings | None = None,
+               recipe: FeatureRecipe | None = None, progress: bool = True) -> Index:
+    """Catalogue + cached features (computed where missing) -> Index: the one call most users need."""
+    settings = settings or get_settings()
+    catalog = load_catalog(settings.data_dir) if catalog is None else catalog
+    features = extract_features(catalog, recipe or default_recipe(settings),
+                                artifacts_dir=settings.artifacts_dir, progress=progress)
+    return build_index(catalog, features)
+
+
+def check_k(k) -> int:
+    """k must be a whole number from 1 to MAX_RESULTS; more than the candidates simply returns them all."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer, str, float)):
+        raise SearchError(f"k must be a whole number of results, got {k!r}.")
+    try:
+        value = int(str(k).strip()) if isinstance(k, str) else int(k)
+    except ValueError:
+        raise SearchError(f"k must be a whole number of results, got {k!r}.") from None
+    if isinstance(k, float) and not k.is_integer():
+        raise SearchError(f"k must be a whole number of results, got {k!r}.")
+    if not 1 <= value <= MAX_RESULTS:
+        raise SearchError(f"k must be between 1 and {MAX_RESULTS}, got {value}.")
+    return value
+
+
+def _filter_mask(index: Index, rows: slice, filters: dict) -> np.ndarray | None:
+    """Boolean mask over `rows` for the chosen SubCategory/ProductType/Colour/Usage values."""
+    mask = None
+    for column, wanted in filters.items():
+        if wanted is None or (not isinstance(wanted, str) and len(wanted) == 0):
+            continue
+        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+        categories = index.codes[column].categories
+        unknown = [value for value in wanted if value not in categories]
+        if unknown:
+            raise SearchError(f"No product has {column} {', '.join(map(repr, unknown))}; "
+                              f"choose from {', '.join(categories[:30])}.")
+        codes = index.codes[column].codes[rows]
+        keep = np.isin(codes, [categories.get_loc(value) for value in wanted])
+        mask = keep if mask is None else mask & keep
+    return mask
+
+
+def _rank(index: Index, query_vector: np.ndarray, query_colour: np.ndarray, rows: slice, k: int,
+          exclude: np.ndarray | None, mask: np.ndarray | None, colour_weight: float) -> tuple[np.ndarray, dict]:
+    """Top-k rows (absolute positions) within `rows`, best first, and their scores."""
+    candidates = index.vectors[rows]
+    if index.is_reference:  # the article: Euclidean distance over the flattened maps
+        from sklearn.metrics import pairwise_distances
+
+        visual = -pairwise_distances(candidates, query_vector.reshape(1, -1)).ravel()
+    else:
+        visual = candidates @ query_vector
+    score = visual.astype(np.float64)
+    if mask is not None:
+        score[~mask] = -np.inf
+    if exclude is not None:
+        score[exclude] = -np.inf
+    available = int(np.isfinite(score).sum())
+    pool_size = min(available, max(k, CANDIDATE_POOL) if colour_weight > 0 else k)
+    if pool_size == 0:
+        empty = np.array([], dtype=np.int64)
+        return empty, {"similarity": empty.astype(float), "visual_similarity": empty, "colour_similarity": empty}
+    pool = np.argpartition(-score, pool_size - 1)[:pool_size]
+    colour = index.colours[rows][pool] @ query_colour
+    blended = (1 - colour_weight) * score[pool] + colour_weight * colour if colour_weight > 0 else score[pool]
+    order = np.argsort(-blended, kind="stable")[:k]
+    chosen = pool[order]
+    return rows.start + chosen, {"similarity": blended[order], "visual_similarity": visual[chosen],
+                                 "colour_similarity": colour[order]}
+
+
+def _check_colour_weight(colour_weight) -> float:
+    value = DEFAULT_COLOUR_WEIGHT if colour_weight is None else float(colour_weight)
+    if not 0.0 <= value <= 1.0:
+        raise SearchError(f"colour_weight must be between 0 (pure visual) and 1 (pure colour), got {colour_weight!r}.")
+    return value
+
+
+def similar_products(index: Index, product_id, k: int = 5, *, across_genders: bool = False,
+                     subcategory=None, product_type=None, colour=None, usage=None,
+                     colour_weight: float | None = None, min_similarity: float | None = None,
+                     include_duplicates: bool = False) -> pd.DataFrame:
+    """The k products that look most like `product_id`, best first.
+
+    By default only products of the same gender are considered (the article's rule) and the
+    product itself and its byte-identical copies are left out. The filters keep only the given
+    SubCategory / ProductType / Colour / Usage values (a string or a list); `colour_weight`
+    blends colour similarity into the ranking (0 = pure CNN, 1 = pure colour).
+
+    >>> similar_products(index, "13683", k=5)  # doctest: +SKIP
+    """
+    product_id = normalize_product_id(product_id)
+    if product_id not in index.positions:
+        raise KeyError(unknown_product_message(index.catalog["ProductId"], product_id))
+    position = index.positions[product_id]
+    gender = index.catalog.at[position, "Gender"]
+    rows = slice(0, len(index)) if across_genders else index.gender_rows[gender]
+    exclude = np.flatnonzero(index.groups[rows] == index.groups[position]) if not include_duplicates \
+        else np.array([position - rows.start])
+    return _search(index, index.vectors[position], index.colours[position], k, rows, exclude,
+                   dict(SubCategory=subcategory, ProductType=product_type, Colour=colour, Usage=usage),
+                   colour_weight, min_similarity, query=index.catalog.loc[position])
+
+
+def similar_to_image(index: Index, image, k: int = 5, *, gender: str | None = None,
+                     subcategory=None, product_type=None, colour=None, usage=None,
+                     colour_weight: float | None = None, min_similarity: float | None = None) -> pd.DataFrame:
+    """The k catalogue products that look most like any photo (path, bytes, file object or PIL image).
+
+    The photo goes through exactly the catalogue's pipeline. Without `gender`, all genders are searched.
+    """
+    photo = load_image(image)
+    query_vector = _run_network(to_square(photo, index.recipe.geometry, index.recipe.image_size)[None], index.recipe)[0]
+    if gender is not None and gender not in GENDERS:
+        raise SearchError(f"Unknown gender {gender!r}; choose one of {', '.join(GENDERS)}.")
+    rows = index.gender_rows[gender] if gender else slice(0, len(index))
+    return _search(index, query_vector.astype(np.float32), colour_descriptor(photo), k, rows, None,
+                   dict(SubCategory=subcategory, ProductType=product_type, Colour=colour, Usage=usage),
+                   colour_weight, min_similarity, query=None)
+
+
+def _search(index, query_vector, query_colour, k, rows, exclude, filters, colour_weight, min_similarity, query):
+    k = check_k(k)
+    colour_weight = 0.0 if index.is_reference else _check_colour_weight(colour_weight)
+    mask = _filter_mask(index, rows, filters)
+    positions, scores = _rank(index, query_vector, query_colour, rows, k, exclude, mask, colour_weight)
+    results = index.catalog.loc[positions, ["ProductId", "ProductTitle", "Gender", *FILTER_COLUMNS, "image_path"]]
+    results = results.assign(**scores).reset_index(drop=True)
+    if min_similarity is not None:
+        results = results[results["similarity"] >= float(min_similarity)].reset_index(drop=True)
+    results.insert(0, "rank", np.arange(1, len(results) + 1))
+    results["why"] = [explain_similarity(query, row, index.colours[position], query_colour)
+                      for position, (_, row) in zip(positions, results.iterrows())]
+    return results
+
+
+# Colour names for the descriptor's bins, used to explain results in words.
+_HUE_NAMES = ["red", "orange", "yellow", "yellow-green", "green", "green", "teal", "blue",
+              "blue", "purple", "pink", "red"]
+_GREY_NAMES = ["black", "dark grey", "grey", "light grey", "white"]
+
+
+def colour_names(descriptor: np.ndarray, top: int = 2) -> list[str]:
+    """The names of the `top` strongest colours of a colour descriptor (e.g. ['navy', 'white'])."""
+    weights = np.asarray(descriptor, dtype=np.float64) ** 2  # undo the square root: bin shares
+    names: dict[str, float] = {}
+    chroma_bins = HUE_BINS * SATURATION_BINS * VALUE_BINS
+    for bin_index in np.argsort(-weights):
+        if weights[bin_index] < 0.05 or len(names) >= top:
+            break
+        if bin_index >= chroma_bins:
+            name = _GREY_NAMES[bin_index - chroma_bins]
+        else:
+            hue, rest = divmod(bin_index, SATURATION_BINS * VALUE_BINS)
+            value = rest % VALUE_BINS
+            name = ("dark " if value == 0 else "") + _HUE_NAMES[hue]
+        names[name] = names.get(name, 0) + weights[bin_index]
+    return list(names)
+
+
+def explain_similarity(query: pd.Series | None, result: pd.Series, result_colour, query_colour) -> str:
+    """A short 'why similar': the attributes the two products share and their dominant colours."""
+    parts = []
+    if query is not None:
+        shared = [f"{column} {result[column]}" for column in ("ProductType", "Colour", "Usage")
+                  if query[column] == result[column]]
+        if shared:
+            parts.append("same " + ", ".join(shared))
+    common = [name for name in colour_names(result_colour) if name in colour_names(query_colour, top=3)]
+    parts.append(f"both {' and '.join(common)}" if common else f"colours: {', '.join(colour_names(result_colour))}")
+    return "; ".join(parts)
+
+
+# ============================================================================
+# Evaluation
+# ============================================================================
+
+# A result is relevant when it shares these columns with the query.
+RELEVANCE = {
+    "SubCategory": ("SubCategory",),
+    "ProductType": ("ProductType",),
+    "Colour": ("Colour",),
+    "ProductType and Colour": ("ProductType", "Colour"),
+}
+
+
+def rank_all(index: Index, k: int = 5, colour_weight: float | None = None) -> np.ndarray:
+    """For every product, the rows of its k nearest products of the same gender (query and its
+    byte-identical copies left out), as similar_products ranks them; -1 pads short lists."""
+    colour_weight = 0.0 if index.is_reference else _check_colour_weight(colour_weight)
+    ranks = np.full((len(index), k), -1, dtype=np.int64)
+    for rows in index.gender_rows.values():
+        vectors = index.vectors[rows]
+        if index.is_reference:  # Euclidean, via |a|^2 + |b|^2 - 2ab: same order, one matrix product
+            squared = (vectors.astype(np.float64) ** 2).sum(axis=1)
+            scores = -np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2.0 * (vectors @ vectors.T), 0))
+        else:
+            scores = (vectors @ vectors.T).astype(np.float64)
+        groups = index.groups[rows]
+        scores[groups[:, None] == groups[None, :]] = -np.inf
+        available = np.isfinite(scores).sum(axis=1)
+        pool_size = min(scores.shape[1], max(k, CANDIDATE_POOL) if colour_weight > 0 else k)
+        if pool_size == 0:
+            continue
+        pool = np.argpartition(-scores, pool_size - 1, axis=1)[:, :pool_size]
+        final = np.take_along_axis(scores, pool, axis=1)
+        if colour_weight > 0:
+            colours = index.colours[rows]
+            colour = np.einsum("qc,qpc->qp", colours, colours[pool])
+            final = np.where(np.isfinite(final), (1 - colour_weight) * final + colour_weight * colour, -np.inf)
+        order = np.argsort(-final, axis=1, kind="stable")[:, :k]
+        chosen = np.take_along_axis(pool, order, axis=1) + rows.start
+        chosen[np.arange(k)[None, :] >= available[:, None]] = -1
+        ranks[rows, : chosen.shape[1]] = chosen
+    return ranks
+
+
+def relevance_matrix(index: Index, ranks: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+    """(N, k) booleans: does the result at each rank share `columns` with its query?"""
+    relevant = np.ones(ranks.shape, dtype=bool)
+    for column in columns:
+        values = index.catalog[column].to_numpy()
+        relevant &= values[ranks] == values[:, None]
+    return relevant & (ranks >= 0)
+
+
+def relevant_counts(index: Index, columns: tuple[str, ...]) -> np.ndarray:
+    """How many products of the query's gender are relevant to it (query and its copies excluded)."""
+    key = index.catalog[["Gender", *columns]].astype(str).agg("|".join, axis=1)
+    group_key = key + "|" + index.catalog["duplicate_group"]
+    return (key.map(key.value_counts()) - group_key.map(group_key.value_counts())).to_numpy()
+
+
+def precision_at_k(relevant: np.ndarray) -> float:
+    """Mean over queries of the share of relevant results among the top k."""
+    return float(np.asarray(relevant, dtype=float).mean()) if np.size(relevant) else float("nan")
+
+
+def average_precision_at_k(relevant: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """AP@k per query: mean of precision@i at each relevant rank i, over min(k, relevant items);
+    NaN for queries with nothing relevant to find."""
+    relevant = np.asarray(relevant, dtype=float)
+    k = relevant.shape[1]
+    precision_at_i = np.cumsum(relevant, axis=1) / np.arange(1, k + 1)
+    denominator = np.minimum(k, np.asarray(n_relevant, dtype=float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (precision_at_i * relevant).sum(axis=1) / denominator, np.nan)
+
+
+def evaluate(index: Index, k: int = 5, colour_weight: float | None = None, ranks: np.ndarray | None = None) -> pd.Series:
+    """precision@k and mAP@k of one method, for each kind of relevance, over every product as query."""
+    ranks = rank_all(index, k, colour_weight) if ranks is None else ranks
+    scores = {}
+    for name, columns in RELEVANCE.items():
+        relevant = relevance_matrix(index, ranks, columns)
+        scores[f"P@{k} {name}"] = precision_at_k(relevant)
+        scores[f"mAP@{k} {name}"] = float(np.nanmean(average_precision_at_k(relevant, relevant_counts(index, columns))))
+    return pd.Series(scores)
+
+
+def compare_methods(methods: dict, k: int = 5) -> pd.DataFrame:
+    """Evaluate several methods side by side: {name: Index or (Index, colour_weight)} -> one row each."""
+    rows = {}
+    for name, method in methods.items():
+        index, colour_weight = method if isinstance(method, tuple) else (method, None)
+        rows[name] = evaluate(index, k, colour_weight)
+    return pd.DataFrame(rows).T
