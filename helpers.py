@@ -1185,3 +1185,59 @@ def compare_methods(methods: dict, k: int = 5) -> pd.DataFrame:
         index, colour_weight = method if isinstance(method, tuple) else (method, None)
         rows[name] = evaluate(index, k, colour_weight)
     return pd.DataFrame(rows).T
+
+
+# ============================================================================
+# Display and widgets
+# ============================================================================
+
+def thumbnail(path_or_image, size: int = 256) -> Image.Image:
+    """A small RGB copy of a photo for display (the shape kept)."""
+    image = load_image(path_or_image).copy()
+    image.thumbnail((size, size))
+    return image
+
+
+def _caption(row: pd.Series, width: int = 28) -> str:
+    title = str(row.get("ProductTitle", ""))
+    title = title if len(title) <= width else title[: width - 1] + "…"
+    caption = f"{title}\n{row['ProductId']}"
+    if "similarity" in row and pd.notna(row["similarity"]):
+        caption += f"  sim {row['similarity']:.2f}"
+    return caption
+
+
+def show_products(products: pd.DataFrame, title: str | None = None, columns: int = 6, query=None):
+    """Show products (catalogue rows or search results) as a grid of photos with titles.
+
+    `query` (a catalogue row, or a photo path / bytes / PIL image) is drawn first, framed.
+    Returns the matplotlib figure, which notebooks display inline.
+    """
+    import matplotlib.pyplot as plt
+
+    panels = []
+    if query is not None:
+        if isinstance(query, pd.Series):
+            panels.append((query["image_path"], "QUERY\n" + _caption(query.drop(labels="similarity", errors="ignore")), True))
+        else:
+            panels.append((query, "QUERY\n(your photo)", True))
+    panels += [(row["image_path"], _caption(row), False) for _, row in products.iterrows()]
+    if not panels:
+        raise SearchError("Nothing to show: the result list is empty (loosen the filters or the minimum similarity).")
+    columns = max(1, min(columns, len(panels)))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, (image, caption, is_query) in zip(axes.ravel(), panels):
+        axis.imshow(thumbnail(image))
+        axis.set_title(caption, fontsize=8, color="darkred" if is_query else "black")
+        if is_query:
+            axis.axis("on"); axis.set_xticks([]); axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_edgecolor("darkred"); spine.set_linewidth(3)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    plt.close(figure)  # notebooks show the returned figure once, not twice
+    return figure
