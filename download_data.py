@@ -17,12 +17,19 @@ destination, so a re-run checks the files offline, skips the ones already in pla
 to their final place and renamed only once verified: an interrupted run never leaves half a file
 under a real name, and the next run resumes the part (HTTP Range) where the server allows it.
 
+A file already in the destination that does not verify is never overwritten without --replace.
+A folder that already holds a complete catalogue of other files (every image present, none of
+them an original: a resized copy, say) is kept and reported, so `make data` also works on a
+folder named by FASHION_LENS_DATA; when only the GitHub API could tell, and it is unreachable,
+a complete folder is kept with a note that it was not checked.
+
 Only the standard library talks to the network (urllib, with a timeout).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -250,6 +257,8 @@ def _download_to(url: str, part: Path, timeout: float, stop: threading.Event, co
                 handle.write(block)
                 written += len(block)
                 counter(len(block))
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before it is renamed into place
         if length is not None and length.isdigit() and written != int(length):
             raise ConnectionError(f"the connection closed after {written} of {length} bytes")
     return resumed
@@ -283,6 +292,22 @@ def catalog_files(csv_path) -> list[str]:
     return list(paths)
 
 
+def existing_catalog(folder) -> tuple[int, str] | None:
+    """(number of products, "2906 products (Boys 759, ...)") when `folder` holds fashion.csv and
+    every image it lists; None otherwise. Reads no image, so it is quick."""
+    folder = Path(folder)
+    try:
+        images = catalog_files(folder / CSV_NAME)
+    except (DownloadError, OSError):
+        return None
+    if not all((folder / relative).is_file() for relative in images):
+        return None
+    counts = {gender: 0 for gender in helpers.GENDERS}
+    for relative in images:
+        counts[next(g for g, f in helpers.GENDER_FOLDERS.items() if relative.startswith(f + "/"))] += 1
+    return len(images), f"{len(images)} products ({', '.join(f'{gender} {count}' for gender, count in counts.items())})"
+
+
 def _listing(paths, limit: int = MAX_LISTED) -> str:
     paths = list(paths)
     shown = ", ".join(paths[:limit])
@@ -297,10 +322,6 @@ def _check_dest(dest: Path) -> None:
         )
     if dest.exists() and not dest.is_dir():
         raise DownloadError(f"{dest} exists and is not a folder. Choose another --dest.")
-    try:
-        helpers.writable_dir(dest)
-    except helpers.SettingsError as error:
-        raise DownloadError(f"Cannot write to {dest}: choose a writable folder with --dest or FASHION_LENS_DATA.") from error
 
 
 # ============================================================================
@@ -327,6 +348,17 @@ def download_catalog(
     """
     dest = Path(dest) if dest is not None else helpers.get_settings().data_dir
     dest = Path(os.path.abspath(dest.expanduser()))
+    created = not os.path.lexists(dest)
+    try:
+        return _download_catalog(dest, base_url, checksums, workers, api_url, timeout, replace, progress)
+    except BaseException:
+        if created:  # leave no empty folder behind when nothing could be fetched
+            with contextlib.suppress(OSError):
+                dest.rmdir()
+        raise
+
+
+def _download_catalog(dest, base_url, checksums, workers, api_url, timeout, replace, progress) -> Report:
     base_url = base_url.rstrip("/") + "/"
     _check_dest(dest)
 
@@ -336,7 +368,17 @@ def download_catalog(
     elif local_list.is_file():
         expected, verified_with = load_checksums(local_list, timeout), f"sha256 list {local_list}"
     else:
-        expected, verified_with = load_git_tree(api_url, timeout), f"git blob ids of {SOURCE_REPO}@{SOURCE_COMMIT[:12]}"
+        try:
+            expected, verified_with = load_git_tree(api_url, timeout), f"git blob ids of {SOURCE_REPO}@{SOURCE_COMMIT[:12]}"
+        except NetworkError as error:
+            present = existing_catalog(dest)
+            if present is None:
+                raise
+            # Nothing to download; only the comparison with the originals needs the network.
+            return Report(dest=dest, files=1 + present[0], skipped=1 + present[0], message=(
+                f"{dest} already holds a complete catalogue: {present[1]}, every image present; nothing to download. "
+                f"It could not be checked against the originals ({str(error).split(';')[0]})."
+            ))
 
     report = Report(dest=dest, verified_with=verified_with)
     stop = threading.Event()
@@ -399,7 +441,16 @@ def download_catalog(
     # fashion.csv first: it lists the images.
     try:
         status = fetch(CSV_NAME)
+    except OSError as error:  # the folder cannot be created or written (nothing is written before this)
+        raise DownloadError(
+            f"Cannot write to {dest} ({error.strerror or error}): choose a writable folder with --dest or FASHION_LENS_DATA."
+        ) from None
     except _FileFailure as failure:
+        present = existing_catalog(dest) if failure.conflict else None
+        if present is not None:
+            report.files = report.skipped = 1 + present[0]
+            report.message = _other_copy_message(dest, present[1], f"its {CSV_NAME} differs from the originals'", verified_with)
+            return report
         raise DownloadError(_failure_message(dest, [failure])) from None
     report.fetched += status == "fetched"
     report.skipped += status == "skipped"
@@ -438,6 +489,14 @@ def download_catalog(
 
     if network_error is not None:
         raise DownloadError(f"{network_error} ({report.fetched} files were downloaded; re-run to resume).")
+    if images and len(failures) == len(images) and all(failure.conflict for failure in failures):
+        # Not one image is an original and none is missing: the folder holds another copy of the
+        # catalogue (e.g. resized photos), not a damaged download. Keep it; it is usable as it is.
+        report.message = _other_copy_message(
+            dest, (existing_catalog(dest) or (0, f"{len(images)} products"))[1],
+            f"all {len(images)} images differ from the originals", verified_with,
+        )
+        return report
     if failures:
         raise DownloadError(_failure_message(dest, failures))
 
@@ -463,6 +522,14 @@ class _FileFailure(Exception):
     def __init__(self, relative: str, reason: str, conflict: bool = False):
         super().__init__(f"{relative}: {reason}")
         self.relative, self.reason, self.conflict = relative, reason, conflict
+
+
+def _other_copy_message(dest: Path, present: str, difference: str, verified_with: str) -> str:
+    return (
+        f"{dest} already holds a complete catalogue, {present}, but not the original files: {difference} "
+        f"(checked against the {verified_with}; a resized copy, for example). Kept as it is, nothing downloaded. "
+        "To put the originals there instead, re-run with --replace, or choose another --dest."
+    )
 
 
 def _failure_message(dest: Path, failures: list[_FileFailure]) -> str:
@@ -498,7 +565,7 @@ def _progress_bar(total: int, enabled: bool):
 # ============================================================================
 
 
-def copy_catalog(source, dest=None, link: bool = False, progress: bool = True) -> Report:
+def copy_catalog(source, dest=None, link: bool = False, progress: bool = True, workers: int = DEFAULT_WORKERS) -> Report:
     """Copy a local catalogue folder (fashion.csv + image folders) into `dest`, checked with
     helpers.load_catalog; with `link`, make `dest` a symlink to the source folder instead.
     Files already identical at `dest` are skipped. Raises DownloadError or helpers.CatalogError."""
@@ -548,18 +615,29 @@ def copy_catalog(source, dest=None, link: bool = False, progress: bool = True) -
         if (source / name).is_file():
             sha_by_relative[name] = helpers.file_sha256(source / name)
 
+    def copy_one(relative: str, digest: str) -> int:
+        """Copy one file atomically unless an identical one is there; returns the bytes copied."""
+        target = dest / relative
+        if target.is_file() and not target.is_symlink() and helpers.file_sha256(target) == digest:
+            return -1
+        with helpers.atomic_write(target, "wb") as handle, open(source / relative, "rb") as original:
+            shutil.copyfileobj(original, handle, 1 << 20)
+        return target.stat().st_size
+
     bar = _progress_bar(len(sha_by_relative), progress)
     try:
-        for relative, digest in sha_by_relative.items():
-            target = dest / relative
-            if target.is_file() and not target.is_symlink() and helpers.file_sha256(target) == digest:
-                report.skipped += 1
-            else:
-                with helpers.atomic_write(target, "wb") as handle, open(source / relative, "rb") as original:
-                    shutil.copyfileobj(original, handle, 1 << 20)
-                report.fetched += 1
-                report.bytes_fetched += target.stat().st_size
-            bar.update(1)
+        with ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="copy") as executor:
+            futures = [executor.submit(copy_one, relative, digest) for relative, digest in sha_by_relative.items()]
+            for future in as_completed(futures):
+                copied = future.result()
+                report.skipped += copied < 0
+                report.fetched += copied >= 0
+                report.bytes_fetched += max(copied, 0)
+                bar.update(1)
+    except OSError as error:
+        raise DownloadError(f"Cannot copy into {dest}: {error.strerror or error} ({error.filename}). Free some space or choose another --dest.") from error
+    except helpers.SettingsError as error:  # atomic_write found the folder not writable
+        raise DownloadError(f"Cannot write to {dest}: choose a writable folder with --dest or FASHION_LENS_DATA.") from error
     finally:
         bar.close()
     report.message = (
@@ -600,7 +678,7 @@ def main(argv=None) -> int:
         build_parser().error("--link needs --from PATH")
     try:
         if args.source:
-            report = copy_catalog(args.source, args.dest, link=args.link, progress=not args.no_progress)
+            report = copy_catalog(args.source, args.dest, link=args.link, progress=not args.no_progress, workers=args.workers)
         else:
             report = download_catalog(
                 args.dest, base_url=args.base_url, checksums=args.checksums, workers=args.workers,

@@ -643,10 +643,10 @@ def colour_descriptor(image: Image.Image) -> np.ndarray:
 def embed_images(images: Iterable, recipe: FeatureRecipe) -> np.ndarray:
     """Descriptors for a few photos (paths, bytes or PIL images), through exactly the catalogue's pipeline."""
     pixels = np.stack([to_square(load_image(image), recipe.geometry, recipe.image_size) for image in images])
-    return _run_network(pixels, recipe)
+    return run_network(pixels, recipe)
 
 
-def _run_network(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+def run_network(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     model = load_backbone(recipe.backbone, _weights_argument(recipe))
     batch = preprocess_batch(pixels, recipe)
     if recipe.is_reference:  # the article: model.predict, one image at a time
@@ -744,7 +744,7 @@ def _compute_into_cache(rows: pd.DataFrame, recipe, cache_dir, batch_size, shard
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         for start in range(0, len(rows), shard_size):
             chunk = rows.iloc[start:start + shard_size]
-            prepared = pool.map(lambda path: _prepare_photo(path, recipe), chunk["image_path"])
+            prepared = pool.map(lambda path: prepare_photo(path, recipe), chunk["image_path"])
             done_ids, done_fps, vectors, colours, pixels = [], [], [], [], []
             for pid, fp, (result, error) in zip(chunk["ProductId"], chunk["image_sha256"], prepared):
                 if error:
@@ -753,18 +753,18 @@ def _compute_into_cache(rows: pd.DataFrame, recipe, cache_dir, batch_size, shard
                     done_ids.append(pid); done_fps.append(fp)
                     pixels.append(result[0]); colours.append(result[1])
                 if len(pixels) == batch_size:
-                    vectors.append(_run_network(np.stack(pixels), recipe)); pixels = []
+                    vectors.append(run_network(np.stack(pixels), recipe)); pixels = []
                 bar.update(1)
             if pixels:
-                vectors.append(_run_network(np.stack(pixels), recipe))
+                vectors.append(run_network(np.stack(pixels), recipe))
             if done_ids:
-                _write_shard(cache_dir, recipe, np.array(done_ids), np.array(done_fps),
+                write_feature_shard(cache_dir, recipe, np.array(done_ids), np.array(done_fps),
                              np.concatenate(vectors), np.stack(colours).astype(np.float32))
     bar.close()
     return failures
 
 
-def _prepare_photo(path: str, recipe: FeatureRecipe):
+def prepare_photo(path: str, recipe: FeatureRecipe):
     try:
         image = load_image(path)
     except ImageError as error:
@@ -785,7 +785,7 @@ def _locked(cache_dir: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_shard(cache_dir: Path, recipe: FeatureRecipe, ids, fingerprints, vectors, colours) -> None:
+def write_feature_shard(cache_dir: Path, recipe: FeatureRecipe, ids, fingerprints, vectors, colours) -> None:
     """Save one shard (atomic), then add it to the manifest under the lock: a shard counts only once listed."""
     name = f"shard-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.npz"
     with atomic_write(cache_dir / name) as handle:
@@ -1030,7 +1030,7 @@ def similar_to_image(index: Index, image, k: int = 5, *, gender: str | None = No
     The photo goes through exactly the catalogue's pipeline. Without `gender`, all genders are searched.
     """
     photo = load_image(image)
-    query_vector = _run_network(to_square(photo, index.recipe.geometry, index.recipe.image_size)[None], index.recipe)[0]
+    query_vector = run_network(to_square(photo, index.recipe.geometry, index.recipe.image_size)[None], index.recipe)[0]
     if gender is not None and gender not in GENDERS:
         raise SearchError(f"Unknown gender {gender!r}; choose one of {', '.join(GENDERS)}.")
     rows = index.gender_rows[gender] if gender else slice(0, len(index))

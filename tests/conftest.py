@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["browser_support"]
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 SHARED_DIR = PROJECT_DIR.parent / "shared"
 CATALOG_DIR = Path(os.environ.get("FASHION_LENS_TEST_CATALOG", SHARED_DIR / "data" / "fashion"))

@@ -278,6 +278,55 @@ def test_a_different_file_in_place_is_left_alone_unless_replace(served, tmp_path
     assert_complete_copy(served, dest)
 
 
+def test_a_folder_holding_another_complete_copy_is_kept(served, tmp_path):
+    """A resized copy (every image differs, none missing) is usable as it is: kept, not an error;
+    one damaged image among originals is an error; --replace fetches the originals."""
+    dest = tmp_path / "dest"
+    shutil.copytree(served.data, dest)
+    for name in served.files[1:]:
+        corrupt(dest / name)
+    before = {name: (dest / name).read_bytes() for name in served.files}
+    report = download(served, dest)
+    assert "already holds a complete catalogue, 5 products (Boys 2, Girls 1, Men 1, Women 1)" in report.message
+    assert "all 5 images differ from the originals" in report.message and "--replace" in report.message
+    assert report.fetched == 0 and served.requested() == []
+    assert {name: (dest / name).read_bytes() for name in served.files} == before
+    assert not (dest / "ORIGINALS.sha256").exists()
+
+    # The same folder with its own fashion.csv (another catalogue) is kept as well.
+    (dest / "fashion.csv").write_text((dest / "fashion.csv").read_text().replace("\n", "\r\n"))
+    assert "its fashion.csv differs" in download(served, dest).message
+    shutil.copyfile(served.data / "fashion.csv", dest / "fashion.csv")
+
+    # Some images are the originals and one is not: damage, reported.
+    for name in served.files[2:]:
+        corrupt(dest / name)  # back to the original bytes
+    with pytest.raises(DownloadError) as caught:
+        download(served, dest)
+    assert served.files[1] in str(caught.value) and "1 file(s)" in str(caught.value)
+    assert (dest / served.files[1]).read_bytes() == before[served.files[1]]
+
+    report = download(served, dest, replace=True)
+    assert (report.fetched, report.skipped) == (1, 5)
+    assert_complete_copy(served, dest)
+
+
+def test_offline_a_complete_folder_is_kept_unchecked_and_an_incomplete_one_fails(served, tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on: the GitHub API is unreachable
+        probe.bind(("127.0.0.1", 0))
+        offline_api = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    dest = tmp_path / "dest"
+    shutil.copytree(served.data, dest)
+    report = download(served, dest, checksums=None, api_url=offline_api)
+    assert "already holds a complete catalogue: 5 products" in report.message
+    assert "could not be checked against the originals (cannot reach 127.0.0.1" in report.message
+    assert served.requested() == []
+
+    (dest / served.files[-1]).unlink()
+    with pytest.raises(DownloadError, match="cannot reach 127.0.0.1.*--from PATH"):
+        download(served, dest, checksums=None, api_url=offline_api)
+
+
 # ============================================================================
 # Resuming a partial download
 # ============================================================================
