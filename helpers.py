@@ -308,6 +308,74 @@ def duplicate_groups(catalog: pd.DataFrame) -> pd.DataFrame:
         .sort_values(["duplicate_group", "ProductId"], key=lambda s: s.astype(int)).reset_index(drop=True)
 
 
+METADATA_COLUMNS = ("Gender", "SubCategory", "ProductType", "Colour", "Usage", "ProductTitle")
+
+
+def metadata_conflicts(catalog: pd.DataFrame, columns: Iterable[str] = METADATA_COLUMNS) -> pd.DataFrame:
+    """Duplicate groups (one photo under several ProductIds) whose rows disagree: one row per group
+    and column that differs, with the distinct values. The same photo with two Colour labels caps
+    what any photo-based method can score on Colour."""
+    grouped = catalog[catalog.groupby("duplicate_group")["ProductId"].transform("size") > 1]
+    found = []
+    for group, members in grouped.groupby("duplicate_group", sort=False):
+        for column in columns:
+            values = members[column].unique()
+            if len(values) > 1:
+                found.append({"duplicate_group": group, "column": column,
+                              "products": ", ".join(members["ProductId"]), "values": " | ".join(values)})
+    table = pd.DataFrame(found, columns=["duplicate_group", "column", "products", "values"])
+    return table.sort_values("duplicate_group", key=lambda s: s.astype(int), kind="stable").reset_index(drop=True)
+
+
+GRAYSCALE_TOLERANCE = 4  # JPEG rounding leaves the channels of a grey pixel a few levels apart at most
+
+
+def colour_spread(image) -> int:
+    """The largest gap between a pixel's R, G and B over the whole photo: about 0 for a photo without colour."""
+    pixels = np.asarray(load_image(image), dtype=np.int16)
+    return int((pixels.max(axis=2) - pixels.min(axis=2)).max())
+
+
+def grayscale_products(catalog: pd.DataFrame, tolerance: int = GRAYSCALE_TOLERANCE) -> pd.DataFrame:
+    """Products whose photo carries no colour at all (every pixel grey, up to JPEG rounding).
+
+    Their Colour label cannot be checked against the photo, and the colour descriptor sees only grey levels.
+    """
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        spread = np.fromiter(pool.map(colour_spread, catalog["image_path"]), dtype=np.int64, count=len(catalog))
+    found = catalog.assign(colour_spread=spread)[spread <= tolerance]
+    return found[["ProductId", "Gender", "SubCategory", "ProductType", "Colour", "ProductTitle",
+                  "image_path", "colour_spread"]].reset_index(drop=True)
+
+
+def sample_catalog(catalog: pd.DataFrame, per_gender: int | None = None, seed: int = 0,
+                   keep: Iterable = ()) -> pd.DataFrame:
+    """The same `per_gender` products of each gender on every run, for quick runs (None: the whole catalogue).
+
+    Products named in `keep` are always in the sample (a notebook's example query, say) and count
+    toward their gender's share.
+
+    >>> sample_catalog(catalog, per_gender=20, keep=["13683"])  # doctest: +SKIP
+    """
+    if per_gender is None:
+        return catalog
+    if isinstance(per_gender, (bool, np.bool_)) or not isinstance(per_gender, (int, np.integer)) or per_gender < 1:
+        raise CatalogError(f"per_gender must be a whole number of products (1 or more), or None for the "
+                           f"whole catalogue; got {per_gender!r}.")
+    kept = {normalize_product_id(product_id) for product_id in keep}
+    for product_id in kept:
+        product_row(catalog, product_id)  # an unknown id raises KeyError naming close ids
+    rng = np.random.default_rng(seed)
+    ids, genders = catalog["ProductId"].to_numpy(), catalog["Gender"].to_numpy()
+    chosen = []
+    for gender in GENDERS:
+        positions = np.flatnonzero(genders == gender)
+        forced = positions[np.isin(ids[positions], list(kept))]
+        others = rng.permutation(np.setdiff1d(positions, forced))
+        chosen += [*forced, *others[: max(0, per_gender - len(forced))]]
+    return catalog.iloc[np.sort(np.asarray(chosen, dtype=np.int64))].reset_index(drop=True)
+
+
 def split_by_gender(catalog: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The reference article's four subsets: Boys and Girls apparel, Men and Women footwear."""
     return {gender: catalog[catalog["Gender"] == gender].reset_index(drop=True) for gender in GENDERS}
@@ -437,12 +505,13 @@ def foreground_box(image: Image.Image, margin: float = 0.04) -> tuple[int, int, 
 def to_square(image: Image.Image, geometry: str = "pad", size: int = IMAGE_SIZE) -> np.ndarray:
     """Turn a (3:4 portrait) photo into the network's size x size input, as uint8 RGB.
 
-    - "stretch": resize to a square, distorting the shape (the reference article's way);
+    - "stretch": resize to a square, distorting the shape (the reference article's way, as Keras'
+      load_img does it);
     - "pad": keep the shape, scale to fit and pad the sides with white, the photos' background;
     - "crop": cut to the product's bounding box first, then pad: the product fills the frame.
     """
-    if geometry == "stretch":
-        square = image.resize((size, size), Image.Resampling.BILINEAR)
+    if geometry == "stretch":  # exactly keras.utils.load_img(target_size=...): nearest neighbour
+        square = image.resize((size, size), Image.Resampling.NEAREST)
     elif geometry in ("pad", "crop"):
         if geometry == "crop":
             image = image.crop(foreground_box(image))
@@ -518,8 +587,16 @@ def reference_recipe(settings: Settings | None = None) -> FeatureRecipe:
 
 
 def keras_cache_dir() -> Path:
-    """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models."""
-    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+    """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models.
+
+    Keras reads KERAS_HOME once, when it is imported; after that its own answer counts."""
+    import sys
+
+    config = sys.modules.get("keras.src.backend.config")
+    if config is not None:
+        return Path(config.keras_home()) / "models"
+    home = Path.home() if os.access(Path.home(), os.W_OK) else Path("/tmp")
+    return Path(os.environ.get("KERAS_HOME") or home / ".keras") / "models"
 
 
 def weights_identity(backbone: str, weights: str) -> str:
@@ -673,6 +750,12 @@ def resolve_recipe(recipe: FeatureRecipe) -> FeatureRecipe:
     return dataclasses.replace(recipe, weights=identity)
 
 
+def weights_setting(recipe: FeatureRecipe) -> str:
+    """The weights setting behind a resolved recipe ("imagenet", "random" or a file path): what another
+    process (a Ray worker) needs to resolve the same recipe and load the same weights."""
+    return _weights_argument(recipe)
+
+
 @dataclasses.dataclass
 class Features:
     """Descriptors of a set of products, row for row with `ids`."""
@@ -707,23 +790,25 @@ def _cache_identity(recipe: FeatureRecipe) -> dict:
 
 
 def extract_features(catalog: pd.DataFrame, recipe: FeatureRecipe | None = None, *, artifacts_dir=None,
-                     batch_size: int = 32, shard_size: int = 512, progress: bool = True) -> Features:
+                     batch_size: int = 32, shard_size: int = 512, progress: bool = True,
+                     on_progress=None) -> Features:
     """Descriptors of every product in `catalog`, computed only where the cache has none.
 
     Photos are decoded by a thread pool while the network runs on the previous batch. Results
     are saved every `shard_size` images, so an interrupted run resumes where it stopped. A
     product whose photo changed (different bytes) is recomputed; the rest is read back.
-    Unreadable photos are reported and left out.
+    Unreadable photos are reported and left out. `on_progress(done, total)`, if given, is called
+    after each photo computed (the web app draws its progress bar with it).
     """
     recipe = resolve_recipe((recipe or default_recipe()).check())
     cache_dir = feature_cache_dir(recipe, artifacts_dir)
     writable_dir(cache_dir)
     ids = catalog["ProductId"].to_numpy(dtype=str)
     fingerprints = catalog["image_sha256"].to_numpy(dtype=str)
-    known = _rows_by_id(read_feature_cache(cache_dir, recipe))
-    todo = [i for i, (pid, fp) in enumerate(zip(ids, fingerprints)) if known.get(pid, (None,))[0] != fp]
+    todo = uncached_positions(catalog, cache_dir, recipe)
     if todo:
-        failures = _compute_into_cache(catalog.iloc[todo], recipe, cache_dir, batch_size, shard_size, progress)
+        failures = _compute_into_cache(catalog.iloc[todo], recipe, cache_dir, batch_size, shard_size, progress,
+                                       on_progress)
         if failures:
             examples = "; ".join(f"{pid}: {reason}" for pid, reason in list(failures.items())[:5])
             warnings.warn(f"{len(failures)} photo(s) could not be read and are left out ({examples}).", stacklevel=2)
@@ -734,12 +819,20 @@ def extract_features(catalog: pd.DataFrame, recipe: FeatureRecipe | None = None,
     return Features(ids=ids[keep], vectors=stored["vectors"][rows], colours=stored["colours"][rows], recipe=recipe, cache_dir=cache_dir)
 
 
-def _compute_into_cache(rows: pd.DataFrame, recipe, cache_dir, batch_size, shard_size, progress) -> dict:
+def uncached_positions(catalog: pd.DataFrame, cache_dir: Path, recipe: FeatureRecipe) -> list[int]:
+    """Positions of the catalogue rows the cache has no descriptor for: new products and changed photos."""
+    known = _rows_by_id(read_feature_cache(cache_dir, recipe))
+    pairs = zip(catalog["ProductId"].to_numpy(dtype=str), catalog["image_sha256"].to_numpy(dtype=str))
+    return [i for i, (pid, fp) in enumerate(pairs) if known.get(pid, (None,))[0] != fp]
+
+
+def _compute_into_cache(rows: pd.DataFrame, recipe, cache_dir, batch_size, shard_size, progress,
+                        on_progress=None) -> dict:
     from tqdm.auto import tqdm
 
     if recipe.is_reference:
         batch_size = 1  # the article's generator ran with batch_size=1
-    failures = {}
+    failures, finished = {}, 0
     bar = tqdm(total=len(rows), desc=f"{recipe.name} features", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         for start in range(0, len(rows), shard_size):
@@ -755,6 +848,9 @@ def _compute_into_cache(rows: pd.DataFrame, recipe, cache_dir, batch_size, shard
                 if len(pixels) == batch_size:
                     vectors.append(run_network(np.stack(pixels), recipe)); pixels = []
                 bar.update(1)
+                finished += 1
+                if on_progress is not None:
+                    on_progress(finished, len(rows))
             if pixels:
                 vectors.append(run_network(np.stack(pixels), recipe))
             if done_ids:
@@ -918,12 +1014,12 @@ def build_index(catalog: pd.DataFrame, features: Features) -> Index:
 
 
 def load_index(catalog: pd.DataFrame | None = None, settings: Settings | None = None,
-               recipe: FeatureRecipe | None = None, progress: bool = True) -> Index:
+               recipe: FeatureRecipe | None = None, progress: bool = True, on_progress=None) -> Index:
     """Catalogue + cached features (computed where missing) -> Index: the one call most users need."""
     settings = settings or get_settings()
     catalog = load_catalog(settings.data_dir) if catalog is None else catalog
     features = extract_features(catalog, recipe or default_recipe(settings),
-                                artifacts_dir=settings.artifacts_dir, progress=progress)
+                                artifacts_dir=settings.artifacts_dir, progress=progress, on_progress=on_progress)
     return build_index(catalog, features)
 
 
@@ -1241,3 +1337,570 @@ def show_products(products: pd.DataFrame, title: str | None = None, columns: int
     figure.tight_layout()
     plt.close(figure)  # notebooks show the returned figure once, not twice
     return figure
+
+
+# ---------------------------------------------------------------------------
+# Charts for the notebooks: the catalogue, the features, the evaluation
+# ---------------------------------------------------------------------------
+
+def _value_order(catalog: pd.DataFrame, column: str) -> list:
+    """The values of a column, genders in catalogue order, anything else most frequent first."""
+    if column == "Gender":
+        return [gender for gender in GENDERS if (catalog["Gender"] == gender).any()]
+    return catalog[column].value_counts().index.tolist()
+
+
+def count_plot(catalog: pd.DataFrame, column: str, hue: str | None = None, ax=None):
+    """A seaborn count plot of one column, bars sorted by count (the reference's EDA charts); returns the figure.
+
+    Columns with many values are drawn as horizontal bars so their names stay readable.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    order = _value_order(catalog, column)
+    horizontal = len(order) > 6
+    if ax is None:
+        figure, ax = plt.subplots(figsize=(8, 1 + 0.3 * len(order)) if horizontal else (7, 3.5))
+    else:
+        figure = ax.figure
+    sns.countplot(data=catalog, **{"y" if horizontal else "x": column}, order=order, hue=hue,
+                  hue_order=_value_order(catalog, hue) if hue else None, ax=ax)
+    for bars in ax.containers:
+        ax.bar_label(bars, fontsize=7, padding=2)
+    ax.set_title(f"Products by {column}" + (f" and {hue}" if hue else ""))
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def interactive_count_plot(catalog: pd.DataFrame, column: str, color: str | None = "Gender"):
+    """The plotly version of count_plot: hover for exact counts, click a legend entry to hide it."""
+    import plotly.express as px
+
+    order = _value_order(catalog, column)
+    keys = [column, color] if color else [column]
+    counts = catalog.groupby(keys).size().reset_index(name="products")
+    orders = {column: order, **({color: _value_order(catalog, color)} if color else {})}
+    figure = px.bar(counts, x="products", y=column, color=color, orientation="h", category_orders=orders,
+                    title=f"Products by {column}" + (f" and {color}" if color else ""))
+    figure.update_layout(height=160 + 24 * len(order), yaxis_title=None, legend_title_text=color)
+    return figure
+
+
+def category_heatmap(catalog: pd.DataFrame, rows: str = "SubCategory", columns: str = "Gender"):
+    """A heatmap of the number of products for each pair of values (e.g. SubCategory x Gender)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    table = pd.crosstab(catalog[rows], catalog[columns]).reindex(
+        index=_value_order(catalog, rows), columns=_value_order(catalog, columns))
+    figure, ax = plt.subplots(figsize=(1.5 + 1.2 * table.shape[1], 1 + 0.4 * table.shape[0]))
+    sns.heatmap(table, annot=True, fmt="d", cmap="Blues", cbar=False, linewidths=0.5, ax=ax)
+    ax.set_title(f"Products by {rows} and {columns}")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def show_samples(catalog: pd.DataFrame, by: str = "SubCategory", per_group: int = 6, seed: int = 0):
+    """A grid of example photos: one row per value of `by` (most frequent first), the same
+    `per_group` randomly chosen products on every run."""
+    import matplotlib.pyplot as plt
+
+    groups = _value_order(catalog, by)
+    rng = np.random.default_rng(seed)
+    figure, axes = plt.subplots(len(groups), per_group, figsize=(1.7 * per_group + 1.2, 2.3 * len(groups)), squeeze=False)
+    for row, value in zip(axes, groups):
+        members = catalog[catalog[by] == value]
+        picks = members.iloc[np.sort(rng.choice(len(members), size=min(per_group, len(members)), replace=False))]
+        for axis in row:
+            axis.axis("off")
+        for axis, (_, product) in zip(row, picks.iterrows()):
+            axis.imshow(thumbnail(product["image_path"], 160))
+            axis.set_title(f"{product['Gender']} · {product['ProductType']}", fontsize=7)
+        row[0].text(-0.08, 0.5, f"{value}\n({len(members)})", transform=row[0].transAxes,
+                    ha="right", va="center", fontsize=9, weight="bold")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def show_geometries(image, size: int = IMAGE_SIZE):
+    """One photo as loaded, then as the network receives it with each geometry (stretch, pad, crop)."""
+    import matplotlib.pyplot as plt
+
+    photo = load_image(image)
+    panels = [(f"photo {photo.width}x{photo.height}", np.asarray(photo))]
+    panels += [(f"{geometry} -> {size}x{size}", to_square(photo, geometry, size)) for geometry in GEOMETRIES]
+    figure, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 3.4))
+    for axis, (caption, pixels) in zip(axes, panels):
+        axis.imshow(pixels)
+        axis.set_title(caption, fontsize=9)
+        axis.set_xticks([]); axis.set_yticks([])  # keep the frame: it shows where the square ends
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+EMBEDDING_METHODS = ("pca", "tsne")
+
+
+def embedding_map(index: Index, method: str = "tsne", color: str = "SubCategory", seed: int = 0):
+    """An interactive 2-D map of the descriptors (PCA, or t-SNE on 50 PCA components): one dot per
+    product coloured by `color`, its title on hover. Products the network finds alike sit together."""
+    import plotly.express as px
+    from sklearn.decomposition import PCA
+
+    if method not in EMBEDDING_METHODS:
+        raise SettingsError(f"Unknown map method {method!r}; choose one of {', '.join(EMBEDDING_METHODS)}.")
+    if len(index) < 4:
+        raise SearchError(f"A map needs at least 4 products; this index has {len(index)}.")
+    vectors = np.asarray(index.vectors, dtype=np.float32)
+    if method == "pca":
+        points = PCA(n_components=2, random_state=seed).fit_transform(vectors)
+    else:
+        from sklearn.manifold import TSNE
+
+        reduced = PCA(n_components=min(50, *vectors.shape), random_state=seed).fit_transform(vectors)
+        perplexity = min(30.0, (len(vectors) - 1) / 3)  # t-SNE needs fewer neighbours than points
+        points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+    frame = index.catalog[["ProductId", "ProductTitle", "Gender", *FILTER_COLUMNS]].assign(x=points[:, 0], y=points[:, 1])
+    figure = px.scatter(frame, x="x", y="y", color=color, hover_name="ProductTitle",
+                        hover_data={"ProductId": True, "Gender": True, "ProductType": True, "Colour": True,
+                                    "x": False, "y": False},
+                        category_orders={color: _value_order(frame, color)}, render_mode="svg",
+                        title=f"{index.recipe.name} descriptors, {method.upper()} map ({len(frame)} products)")
+    figure.update_traces(marker={"size": 5, "opacity": 0.75})
+    figure.update_layout(height=600, xaxis_title=None, yaxis_title=None)
+    return figure
+
+
+def precision_chart(table: pd.DataFrame, title: str | None = None):
+    """Grouped bars of the precision@k columns of compare_methods: one group per kind of relevance,
+    one bar per method."""
+    import matplotlib.pyplot as plt
+
+    columns = [column for column in table.columns if column.startswith("P@")]
+    if not columns:
+        raise SearchError("No precision column (named 'P@k ...') to draw: pass the table compare_methods returns.")
+    data = table[columns].rename(columns=lambda column: column.split(" ", 1)[1]).T
+    figure, ax = plt.subplots(figsize=(2 + 1.6 * len(data), 3.8))
+    data.plot.bar(ax=ax, rot=0, width=0.8)
+    for bars in ax.containers:
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel(columns[0].split(" ", 1)[0].replace("P@", "precision@"))
+    ax.set_title(title or "Share of the top results that match the query")
+    ax.legend(fontsize=8, loc="upper right")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def metric_curves(table: pd.DataFrame, xlabel: str, ylabel: str = "precision", title: str | None = None):
+    """One line per column of `table` against its index (k, colour weight, ...), markers on the measured points."""
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(7, 3.8))
+    table.plot(ax=ax, marker="o")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def show_ranked_queries(index: Index, ranks: np.ndarray, queries, columns=("ProductType", "Colour"),
+                        title: str | None = None):
+    """One row per query row number: the query (framed dark red) then its ranked results, each framed
+    green when it shares `columns` with the query and grey when it does not."""
+    import matplotlib.pyplot as plt
+
+    queries = list(queries)
+    if not queries:
+        raise SearchError("No query to show.")
+    catalog = index.catalog
+    width = ranks.shape[1] + 1
+    figure, axes = plt.subplots(len(queries), width, figsize=(1.9 * width, 2.7 * len(queries)), squeeze=False)
+    for row, query in zip(axes, queries):
+        cells = [(query, "darkred", "QUERY")] + [
+            (result, "green" if all(catalog.at[result, c] == catalog.at[query, c] for c in columns) else "lightgrey",
+             f"#{rank}") for rank, result in enumerate(ranks[query], start=1) if result >= 0]
+        for axis in row:
+            axis.axis("off")
+        for axis, (position, colour, label) in zip(row, cells):
+            product = catalog.loc[position]
+            axis.imshow(thumbnail(product["image_path"], 160))
+            axis.set_title(f"{label} {product['ProductId']}\n{product['ProductType']}, {product['Colour']}", fontsize=7)
+            axis.axis("on"); axis.set_xticks([]); axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_edgecolor(colour); spine.set_linewidth(3)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+# ---------------------------------------------------------------------------
+# The interactive recommender (ipywidgets): the recommender notebook's one call
+# ---------------------------------------------------------------------------
+
+ANY = "any"  # the filter choice that keeps every value
+WIDGET_MAX_K = 20
+MAX_MATCHES = 50  # products listed under the search box: more would make the list unusable
+UPLOAD_TYPES = ".jpg,.jpeg,.png"
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 85) -> bytes:
+    """A PIL image as JPEG bytes (what ipywidgets.Image and browsers display)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass(eq=False)
+class WidgetQuery:
+    """What the recommender widget searches for: a catalogue product, or a photo embedded once."""
+
+    gender: str
+    product_id: str | None = None
+    photo_name: str | None = None
+    vector: np.ndarray | None = None   # the photo's descriptor (never recomputed)
+    colour: np.ndarray | None = None
+    jpeg: bytes | None = None          # the photo's thumbnail
+
+    def same_as(self, other: WidgetQuery | None) -> bool:
+        return other is not None and (self is other or (self.product_id is not None and self.product_id == other.product_id))
+
+
+class RecommenderWidgetBase:
+    """The recommender's behaviour; `recommender_widget` mixes it into an ipywidgets VBox.
+
+    State a caller can read: `query` (WidgetQuery or None), `results` (the engine's DataFrame on
+    screen), `history` (earlier queries, for Back), `message` (HTML widget: errors), and the
+    controls `gender`, `search`, `matches`, `product_id`, `find_button`, `upload`, `k`,
+    `subcategory`, `colour`, `usage`, `colour_weight`, `across_genders`, `back_button`; the
+    result cards are `cards` (each with `.product_id`, `.image`, `.caption`, `.button`) inside `grid`.
+    """
+
+    def __init__(self, index: Index, product_id=None, k: int = 6, thumbnail_size: int = 150):
+        import ipywidgets as widgets
+
+        self.index = index
+        self.thumbnail_size = thumbnail_size
+        self.query: WidgetQuery | None = None
+        self.results: pd.DataFrame | None = None
+        self.history: list[WidgetQuery] = []
+        self.cards: list = []
+        self._thumbnails: dict[str, bytes] = {}
+        self._quiet = 0  # > 0 while the widget sets its own controls: their observers stay silent
+        wide = {"description_width": "initial"}
+
+        genders = [gender for gender in GENDERS if index.gender_rows[gender].stop > index.gender_rows[gender].start]
+        self.gender = widgets.Dropdown(options=genders, description="Gender", style=wide)
+        self.search = widgets.Text(description="Search", placeholder="part of a title or a ProductId", style=wide)
+        self.matches = widgets.Dropdown(description="Product", style=wide, layout=widgets.Layout(width="420px"))
+        self.product_id = widgets.Text(description="ProductId", placeholder="e.g. 13683", continuous_update=False,
+                                       style=wide, layout=widgets.Layout(width="200px"))
+        self.find_button = widgets.Button(description="Show similar", icon="search")
+        self.upload = widgets.FileUpload(accept=UPLOAD_TYPES, multiple=False, description="Your photo")
+        self.k = widgets.IntSlider(value=min(max(int(k), 1), WIDGET_MAX_K), min=1, max=WIDGET_MAX_K,
+                                   description="Results", continuous_update=False, style=wide)
+        self.colour_weight = widgets.FloatSlider(value=DEFAULT_COLOUR_WEIGHT, min=0.0, max=1.0, step=0.05,
+                                                 description="Colour weight", continuous_update=False, style=wide,
+                                                 disabled=index.is_reference)
+        self.across_genders = widgets.Checkbox(value=False, description="across all genders", indent=False)
+        self.subcategory, self.colour, self.usage = (
+            widgets.Dropdown(options=[ANY, *sorted(index.catalog[column].unique())], description=column, style=wide)
+            for column in ("SubCategory", "Colour", "Usage")
+        )
+        self.back_button = widgets.Button(description="Back", icon="arrow-left", disabled=True)
+        self.message = widgets.HTML()
+        self.message.add_class("fl-message")
+        self.summary = widgets.HTML()
+        self.query_image = widgets.Image(format="jpeg", layout=widgets.Layout(width=f"{thumbnail_size}px"))
+        self.query_caption = widgets.HTML(layout=widgets.Layout(width=f"{thumbnail_size + 20}px"))
+        query_panel = widgets.VBox([widgets.HTML("<b>Query</b>"), self.query_image, self.query_caption],
+                                   layout=widgets.Layout(border="2px solid darkred", padding="6px", margin="4px",
+                                                         display="none"))
+        query_panel.add_class("fl-query")
+        self.query_panel = query_panel
+        self.grid = widgets.Box(layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start"))
+        self.grid.add_class("fl-results")
+        for control, css_class in ((self.gender, "fl-gender"), (self.search, "fl-search"), (self.matches, "fl-matches"),
+                                   (self.k, "fl-k")):
+            control.add_class(css_class)  # handles for the browser test
+
+        self._refresh_matches()
+        self.gender.observe(self._on_gender, "value")
+        self.search.observe(lambda change: self._refresh_matches(), "value")
+        self.matches.observe(self._on_match, "value")
+        self.product_id.observe(self._on_product_id, "value")
+        self.find_button.on_click(lambda _: self.query_product(self.product_id.value))
+        self.upload.observe(self._on_upload, "value")
+        for control in (self.k, self.colour_weight, self.across_genders, self.subcategory, self.colour, self.usage):
+            control.observe(self._on_setting, "value")
+        self.back_button.on_click(lambda _: self.back())
+
+        super().__init__(children=[
+            widgets.HBox([self.gender, self.search, self.matches]),
+            widgets.HBox([self.product_id, self.find_button, self.upload]),
+            widgets.HBox([self.k, self.colour_weight, self.across_genders]),
+            widgets.HBox([self.subcategory, self.colour, self.usage]),
+            widgets.HBox([self.back_button, self.message], layout=widgets.Layout(align_items="center")),
+            widgets.HBox([query_panel, widgets.VBox([self.summary, self.grid], layout=widgets.Layout(flex="1"))]),
+        ])
+        self.add_class("fl-recommender")
+        if product_id is not None:
+            self.query_product(product_id)
+        else:
+            self._say("Choose a gender and a product (search by title or type its ProductId), or upload a photo.",
+                      error=False)
+
+    # ---- the actions (also the calls a test or the benchmark makes) ----
+
+    def query_product(self, product_id) -> bool:
+        """Make a catalogue product the query and show its most similar products."""
+        text = str(product_id).strip()
+        if not text:
+            return self._say("Type a ProductId (digits, e.g. 13683) or search by title, then choose a product.")
+        try:
+            product_id = normalize_product_id(text)
+        except KeyError as error:
+            return self._say(error.args[0])
+        if product_id not in self.index.positions:
+            return self._say(unknown_product_message(self.index.catalog["ProductId"], product_id))
+        gender = self.index.catalog.at[self.index.positions[product_id], "Gender"]
+        return self._go(WidgetQuery(gender=gender, product_id=product_id))
+
+    def query_photo(self, content: bytes, name: str = "the upload") -> bool:
+        """Make a photo (JPEG/PNG bytes) the query: the network runs once on it, here."""
+        try:
+            photo = load_image(content, name=name)
+            vector = embed_images([photo], self.index.recipe)[0].astype(np.float32)
+        except (ImageError, WeightsError, SettingsError) as error:
+            return self._say(str(error))
+        query = WidgetQuery(gender=self.gender.value, photo_name=name, vector=vector,
+                            colour=colour_descriptor(photo), jpeg=jpeg_bytes(thumbnail(photo, self.thumbnail_size)))
+        return self._go(query)
+
+    def run_query(self) -> bool:
+        """Answer the current query again with the current controls (k, filters, weight, genders)."""
+        if self.query is None:
+            return self._say("Choose a product or upload a photo first.")
+        return self._go(self.query, remember=False)
+
+    def back(self) -> bool:
+        """Return to the previous query."""
+        if not self.history:
+            return self._say("Nothing to go back to: this is the first query.")
+        previous = self.history.pop()
+        if not self._go(previous, remember=False):
+            self.history.append(previous)  # keep it: Back can be tried again after changing a filter
+            return False
+        return True
+
+    def filters(self) -> dict:
+        """The chosen filters, in similar_products' keyword names (None = any)."""
+        return {name: None if control.value == ANY else control.value
+                for name, control in (("subcategory", self.subcategory), ("colour", self.colour), ("usage", self.usage))}
+
+    # ---- answering ----
+
+    def _answer(self, query: WidgetQuery) -> pd.DataFrame | None:
+        """The engine's results for `query` under the current controls; None after saying what is wrong."""
+        filters = self.filters()
+        try:
+            if query.product_id is not None:
+                results = similar_products(self.index, query.product_id, k=self.k.value,
+                                           across_genders=self.across_genders.value,
+                                           colour_weight=self.colour_weight.value, **filters)
+            else:  # a photo: the search similar_to_image makes, from the descriptor computed at upload
+                rows = slice(0, len(self.index)) if self.across_genders.value else self.index.gender_rows[query.gender]
+                results = _search(self.index, query.vector, query.colour, self.k.value, rows, None,
+                                  dict(SubCategory=filters["subcategory"], ProductType=None, Colour=filters["colour"],
+                                       Usage=filters["usage"]),
+                                  self.colour_weight.value, None, query=None)
+        except KeyError as error:
+            self._say(error.args[0] if error.args else str(error))
+            return None
+        except SearchError as error:
+            self._say(str(error))
+            return None
+        if results.empty:
+            chosen = [f"{control.description} {control.value}" for control in (self.subcategory, self.colour, self.usage)
+                      if control.value != ANY]
+            scope = "any gender" if self.across_genders.value else query.gender
+            self._say(f"No product of {scope} has {' and '.join(chosen)}. Set a filter back to '{ANY}'"
+                      f"{'' if self.across_genders.value else ' or tick across all genders'}; "
+                      "the previous results are still shown.")
+            return None
+        return results
+
+    def _go(self, query: WidgetQuery, remember: bool = True) -> bool:
+        results = self._answer(query)
+        if results is None:
+            return False  # the message is shown; query, results and history are unchanged
+        if remember and self.query is not None and not query.same_as(self.query):
+            self.history.append(self.query)
+        self.query, self.results = query, results
+        self._draw()
+        return True
+
+    # ---- drawing ----
+
+    def _thumbnail(self, path: str) -> bytes:
+        if path not in self._thumbnails:
+            self._thumbnails[path] = jpeg_bytes(thumbnail(path, self.thumbnail_size))
+        return self._thumbnails[path]
+
+    def _draw(self) -> None:
+        import html
+
+        query = self.query
+        with self._quietly():
+            self.gender.value = query.gender
+            if query.product_id is not None:
+                self.product_id.value = query.product_id
+            listed = [product_id for _, product_id in self.matches.options]
+            self.matches.value = query.product_id if query.product_id in listed else None
+        if query.product_id is not None:
+            row = self.index.catalog.loc[self.index.positions[query.product_id]]
+            self.query_image.value = self._thumbnail(row["image_path"])
+            self.query_caption.value = _card_html(row["ProductTitle"], f"ProductId {row['ProductId']} · {row['Gender']}",
+                                                  f"{row['ProductType']}, {row['Colour']}, {row['Usage']}")
+            subject = f"{html.escape(row['ProductTitle'])} ({row['ProductId']})"
+        else:
+            self.query_image.value = query.jpeg
+            self.query_caption.value = _card_html(query.photo_name, "your photo",
+                                                  f"colours: {', '.join(colour_names(query.colour))}")
+            subject = f"your photo {html.escape(query.photo_name)}"
+        self.query_panel.layout.display = "flex"
+        scope = "all genders" if self.across_genders.value else query.gender
+        self.summary.value = f"<b>{len(self.results)} products most similar to {subject}</b> · {scope}"
+        while len(self.cards) < len(self.results):
+            self.cards.append(_ResultCard(self))
+        for card, (_, row) in zip(self.cards, self.results.iterrows()):
+            card.show(row, self._thumbnail(row["image_path"]))
+        self.grid.children = tuple(card.box for card in self.cards[: len(self.results)])
+        self.back_button.disabled = not self.history
+        self._say("", error=False)
+
+    def _say(self, text: str, error: bool = True) -> bool:
+        import html
+
+        colour = "#b00020" if error else "#555"
+        self.message.value = f'<span style="color:{colour}">{html.escape(text)}</span>' if text else ""
+        return False
+
+    @contextlib.contextmanager
+    def _quietly(self):
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
+
+    # ---- control events ----
+
+    def _refresh_matches(self) -> None:
+        rows = self.index.catalog.iloc[self.index.gender_rows[self.gender.value]]
+        text = self.search.value.strip()
+        found = find_products(rows, text, limit=MAX_MATCHES + 1) if text else rows.head(MAX_MATCHES)
+        if text and found.empty:
+            prompt = f"no {self.gender.value} product matches {text!r}"
+        elif len(found) > MAX_MATCHES:
+            prompt, found = f"first {MAX_MATCHES} matches: choose one (or type more)", found.head(MAX_MATCHES)
+        else:
+            prompt = f"{len(found)} matches: choose one" if text else "choose a product (or type to search)"
+        with self._quietly():
+            self.matches.options = [(f"— {prompt} —", None)] + [
+                (f"{title} · {pid}", pid) for pid, title in zip(found["ProductId"], found["ProductTitle"])]
+            self.matches.value = None
+
+    def _on_gender(self, change) -> None:
+        self._refresh_matches()
+        if not self._quiet and self.query is not None and self.query.product_id is None:
+            self._go(dataclasses.replace(self.query, gender=change["new"]), remember=False)
+
+    def _on_match(self, change) -> None:
+        if not self._quiet and change["new"] is not None:
+            self.query_product(change["new"])
+
+    def _on_product_id(self, change) -> None:
+        if not self._quiet and change["new"].strip():
+            self.query_product(change["new"])
+
+    def _on_upload(self, change) -> None:
+        if self._quiet or not change["new"]:
+            return
+        upload = change["new"][0]
+        self.query_photo(bytes(upload["content"]), upload.get("name") or "the upload")
+        with self._quietly():
+            self.upload.value = ()  # so that the same file can be chosen again
+
+    def _on_setting(self, change) -> None:
+        if not self._quiet and self.query is not None:
+            self.run_query()
+
+
+def _card_html(title: str, *lines: str) -> str:
+    import html
+
+    title = str(title)
+    parts = [f'<div class="fl-title" title="{html.escape(title)}" style="font-weight:bold;line-height:1.2">'
+             f'{html.escape(title if len(title) <= 60 else title[:59] + "…")}</div>']
+    parts += [f'<div style="font-size:90%;line-height:1.25">{html.escape(line)}</div>' for line in lines]
+    return "".join(parts)
+
+
+class _ResultCard:
+    """One result on screen: photo, title, ProductId, similarity, why, and a button to query it."""
+
+    def __init__(self, owner: RecommenderWidgetBase):
+        import ipywidgets as widgets
+
+        self.product_id: str | None = None
+        self.image = widgets.Image(format="jpeg", layout=widgets.Layout(width=f"{owner.thumbnail_size}px"))
+        self.caption = widgets.HTML(layout=widgets.Layout(width=f"{owner.thumbnail_size + 20}px"))
+        self.button = widgets.Button(description="Show similar", layout=widgets.Layout(width="auto"))
+        self.button.on_click(lambda _: owner.query_product(self.product_id))
+        self.box = widgets.VBox([self.image, self.caption, self.button],
+                                layout=widgets.Layout(border="1px solid #ddd", padding="6px", margin="4px"))
+        self.box.add_class("fl-result")
+
+    def show(self, row: pd.Series, jpeg: bytes) -> None:
+        self.product_id = row["ProductId"]
+        self.image.value = jpeg
+        self.caption.value = _card_html(row["ProductTitle"], f"#{row['rank']} · ProductId {row['ProductId']}",
+                                        f"similarity {row['similarity']:.3f}", f"why: {row['why']}")
+
+
+_RECOMMENDER_CLASS: type | None = None
+
+
+def recommender_widget(index: Index, product_id=None, k: int = 6, thumbnail_size: int = 150):
+    """The interactive recommender for JupyterLab: pick a product (or upload a photo), see the
+    most similar products as photos; click one to follow it, Back to return.
+
+    Every interaction ranks from the index's cached features; only an uploaded photo goes
+    through the network, once. `widget.results` holds the DataFrame on screen.
+
+    >>> widget = recommender_widget(index, product_id="13683"); widget  # doctest: +SKIP
+    """
+    import ipywidgets as widgets
+
+    global _RECOMMENDER_CLASS
+    if _RECOMMENDER_CLASS is None:  # built on first use: `import helpers` does not import ipywidgets
+        class RecommenderWidget(RecommenderWidgetBase, widgets.VBox):
+            __doc__ = RecommenderWidgetBase.__doc__
+
+        _RECOMMENDER_CLASS = RecommenderWidget
+    return _RECOMMENDER_CLASS(index, product_id=product_id, k=k, thumbnail_size=thumbnail_size)
