@@ -29,7 +29,7 @@ lab: setup  ## JupyterLab on the notebooks
 	$(BIN)/python -m jupyterlab notebooks
 
 app: setup  ## the Streamlit app on http://localhost:8501
-	$(BIN)/python -m streamlit run app.py
+	$(BIN)/python -m streamlit run app.py --browser.gatherUsageStats false
 
 bench: setup  ## the benchmark against the reference method (QUICK=1 for a few minutes)
 	$(BIN)/python benchmark.py $(if $(QUICK),--quick,)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import html
 import io
 import json
 import os
@@ -130,6 +131,12 @@ def writable_dir(path: Path) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read the umask is to set it
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "wb") -> Iterator[io.IOBase]:
     """Write `path` through a temporary file in the same folder, renamed into place only when
@@ -142,6 +149,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[io.IOBase]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o666 & ~_umask())  # temporary files are private; the result is not
         os.replace(handle.name, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -393,12 +401,15 @@ def save_gender_splits(catalog: pd.DataFrame, artifacts_dir=None) -> dict[str, P
 
 
 def find_products(catalog: pd.DataFrame, text: str, limit: int = 20) -> pd.DataFrame:
-    """Products whose id or title contains `text` (case-insensitive), for search boxes."""
-    text = str(text).strip().lower()
-    if not text:
+    """Products whose id starts with `text`, or whose title holds every word of it (any order,
+    any case): "puma black" finds "Puma Men Black Sports Shoes". For search boxes."""
+    words = str(text).lower().split()
+    if not words:
         return catalog.head(0)
-    hits = catalog["ProductId"].str.startswith(text) | catalog["ProductTitle"].str.lower().str.contains(text, regex=False)
-    return catalog[hits].head(limit)
+    titles = catalog["ProductTitle"].str.lower()
+    hits = catalog["ProductId"].str.startswith(words[0]) if len(words) == 1 else False
+    in_title = np.logical_and.reduce([titles.str.contains(word, regex=False) for word in words])
+    return catalog[hits | in_title].head(limit)
 
 
 def product_row(catalog: pd.DataFrame, product_id) -> pd.Series:
@@ -468,8 +479,10 @@ def load_image(source, name: str | None = None) -> Image.Image:
             image.load()
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"{label} is not an image Pillow can read ({error}). Choose a JPEG or PNG photo.") from error
+    except UnidentifiedImageError as error:
+        raise ImageError(f"{label} is not an image (no known picture format). Choose a JPEG or PNG photo.") from error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{label} is too large to decode safely ({error}). Resize the photo.") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{label} is damaged or truncated ({error}). Re-export or re-download the photo.") from error
     return _to_rgb(image)
@@ -1368,16 +1381,28 @@ def count_plot(catalog: pd.DataFrame, column: str, hue: str | None = None, ax=No
                   hue_order=_value_order(catalog, hue) if hue else None, ax=ax)
     for bars in ax.containers:
         ax.bar_label(bars, fontsize=7, padding=2)
+    if hue:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     ax.set_title(f"Products by {column}" + (f" and {hue}" if hue else ""))
     figure.tight_layout()
     plt.close(figure)
     return figure
 
 
+def _plotly_for_notebooks() -> None:
+    """Inside a Jupyter kernel plotly emits only its own mimetype, which JupyterLab draws but an HTML
+    export drops: add HTML with plotly.js embedded once per notebook, so exports show the charts offline."""
+    import plotly.io as pio
+
+    if pio.renderers.default == "plotly_mimetype":  # plotly's own choice inside a Jupyter kernel
+        pio.renderers.default = "plotly_mimetype+notebook"
+
+
 def interactive_count_plot(catalog: pd.DataFrame, column: str, color: str | None = "Gender"):
     """The plotly version of count_plot: hover for exact counts, click a legend entry to hide it."""
     import plotly.express as px
 
+    _plotly_for_notebooks()
     order = _value_order(catalog, column)
     keys = [column, color] if color else [column]
     counts = catalog.groupby(keys).size().reset_index(name="products")
@@ -1452,6 +1477,7 @@ def embedding_map(index: Index, method: str = "tsne", color: str = "SubCategory"
     import plotly.express as px
     from sklearn.decomposition import PCA
 
+    _plotly_for_notebooks()
     if method not in EMBEDDING_METHODS:
         raise SettingsError(f"Unknown map method {method!r}; choose one of {', '.join(EMBEDDING_METHODS)}.")
     if len(index) < 4:
@@ -1611,7 +1637,9 @@ class RecommenderWidgetBase:
                                        style=wide, layout=widgets.Layout(width="200px"))
         self.find_button = widgets.Button(description="Show similar", icon="search")
         self.upload = widgets.FileUpload(accept=UPLOAD_TYPES, multiple=False, description="Your photo")
-        self.k = widgets.IntSlider(value=min(max(int(k), 1), WIDGET_MAX_K), min=1, max=WIDGET_MAX_K,
+        if check_k(k) > WIDGET_MAX_K:
+            raise SearchError(f"The widget shows at most {WIDGET_MAX_K} results; got k={k}.")
+        self.k = widgets.IntSlider(value=check_k(k), min=1, max=WIDGET_MAX_K,
                                    description="Results", continuous_update=False, style=wide)
         self.colour_weight = widgets.FloatSlider(value=DEFAULT_COLOUR_WEIGHT, min=0.0, max=1.0, step=0.05,
                                                  description="Colour weight", continuous_update=False, style=wide,
@@ -1655,7 +1683,8 @@ class RecommenderWidgetBase:
             widgets.HBox([self.k, self.colour_weight, self.across_genders]),
             widgets.HBox([self.subcategory, self.colour, self.usage]),
             widgets.HBox([self.back_button, self.message], layout=widgets.Layout(align_items="center")),
-            widgets.HBox([query_panel, widgets.VBox([self.summary, self.grid], layout=widgets.Layout(flex="1"))]),
+            widgets.HBox([query_panel, widgets.VBox([self.summary, self.grid], layout=widgets.Layout(flex="1"))],
+                         layout=widgets.Layout(align_items="flex-start")),
         ])
         self.add_class("fl-recommender")
         if product_id is not None:
@@ -1762,15 +1791,13 @@ class RecommenderWidgetBase:
         return self._thumbnails[path]
 
     def _draw(self) -> None:
-        import html
-
         query = self.query
         with self._quietly():
             self.gender.value = query.gender
             if query.product_id is not None:
                 self.product_id.value = query.product_id
             listed = [product_id for _, product_id in self.matches.options]
-            self.matches.value = query.product_id if query.product_id in listed else None
+            self.matches.value = query.product_id if query.product_id in listed else ""
         if query.product_id is not None:
             row = self.index.catalog.loc[self.index.positions[query.product_id]]
             self.query_image.value = self._thumbnail(row["image_path"])
@@ -1794,8 +1821,6 @@ class RecommenderWidgetBase:
         self._say("", error=False)
 
     def _say(self, text: str, error: bool = True) -> bool:
-        import html
-
         colour = "#b00020" if error else "#555"
         self.message.value = f'<span style="color:{colour}">{html.escape(text)}</span>' if text else ""
         return False
@@ -1819,11 +1844,12 @@ class RecommenderWidgetBase:
         elif len(found) > MAX_MATCHES:
             prompt, found = f"first {MAX_MATCHES} matches: choose one (or type more)", found.head(MAX_MATCHES)
         else:
-            prompt = f"{len(found)} matches: choose one" if text else "choose a product (or type to search)"
+            count = f"{len(found)} match" + ("es" if len(found) != 1 else "")
+            prompt = f"{count}: choose one" if text else "choose a product (or type to search)"
         with self._quietly():
-            self.matches.options = [(f"— {prompt} —", None)] + [
+            self.matches.options = [(f"— {prompt} —", "")] + [  # "" not None: None would show a blank box
                 (f"{title} · {pid}", pid) for pid, title in zip(found["ProductId"], found["ProductTitle"])]
-            self.matches.value = None
+            self.matches.value = ""
 
     def _on_gender(self, change) -> None:
         self._refresh_matches()
@@ -1831,7 +1857,7 @@ class RecommenderWidgetBase:
             self._go(dataclasses.replace(self.query, gender=change["new"]), remember=False)
 
     def _on_match(self, change) -> None:
-        if not self._quiet and change["new"] is not None:
+        if not self._quiet and change["new"]:
             self.query_product(change["new"])
 
     def _on_product_id(self, change) -> None:
@@ -1852,8 +1878,6 @@ class RecommenderWidgetBase:
 
 
 def _card_html(title: str, *lines: str) -> str:
-    import html
-
     title = str(title)
     parts = [f'<div class="fl-title" title="{html.escape(title)}" style="font-weight:bold;line-height:1.2">'
              f'{html.escape(title if len(title) <= 60 else title[:59] + "…")}</div>']

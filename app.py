@@ -1,0 +1,255 @@
+"""fashion-lens web app: products that look like a catalogue product or like your own photo.
+
+Start it with `make app` (or `python -m streamlit run app.py`) and open http://localhost:8501.
+Settings come from the environment, as everywhere in the project (helpers.get_settings):
+FASHION_LENS_DATA, FASHION_LENS_ARTIFACTS, FASHION_LENS_BACKBONE, FASHION_LENS_WEIGHTS.
+All ranking and loading lives in helpers.py; this file is only the page.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pandas as pd
+import streamlit as st
+
+import helpers
+
+MAX_SHOWN = 20  # a page of results; the engine itself allows up to helpers.MAX_RESULTS
+GRID_COLUMNS = 5
+ALL_GENDERS = "All genders"
+# similar_products / similar_to_image keyword for each filter column
+FILTER_ARGUMENTS = {"SubCategory": "subcategory", "ProductType": "product_type", "Colour": "colour", "Usage": "usage"}
+# What can go wrong before the first query: each carries a message saying what to do.
+LOADING_ERRORS = (helpers.SettingsError, helpers.CatalogError, helpers.WeightsError)
+
+st.set_page_config(page_title="fashion-lens", page_icon="👗", layout="wide")
+st.set_option("client.toolbarMode", "minimal")  # no "Deploy" button: this is a local tool
+st.html("""<style>
+  /* captions under the photos: larger and darker than Streamlit's default small grey */
+  [data-testid="stImageCaption"] { font-size: 0.85rem; color: inherit; line-height: 1.25; }
+  .st-key-results [data-testid="stImage"] img { border-radius: 6px; }
+  [data-testid="stMainBlockContainer"] { padding-top: 2.5rem; }
+</style>""")
+
+
+@st.cache_resource(show_spinner="Loading the catalogue and its features…")
+def load_search_index(data_dir: str, artifacts_dir: str, backbone: str, weights: str):
+    """Catalogue + features + index, once per process and settings. Missing features are computed
+    here, with a progress bar (first start only); the warnings met on the way are returned for the page."""
+    settings = helpers.get_settings(data_dir, artifacts_dir, backbone, weights)
+    progress = {"bar": None, "percent": -1}
+
+    def draw_progress(done: int, total: int) -> None:
+        percent = 100 * done // total
+        if percent == progress["percent"]:
+            return  # redraw once per percent, not once per photo
+        progress["percent"] = percent
+        text = f"Computing the {backbone} features of {total} photos (first start only): {done}/{total}"
+        if progress["bar"] is None:
+            progress["bar"] = st.progress(0, text=text)
+        progress["bar"].progress(percent, text=text)
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            index = helpers.load_index(settings=settings, progress=False, on_progress=draw_progress)
+    finally:
+        if progress["bar"] is not None:
+            progress["bar"].empty()
+    notes = [str(warning.message) for warning in caught if issubclass(warning.category, UserWarning)]
+    return index, notes
+
+
+@st.cache_resource(show_spinner="Preparing the network for photos (first photo only)…")
+def load_network(backbone: str, weights: str):
+    """The backbone, built before the first photo arrives so that answering a photo is quick."""
+    return helpers.load_backbone(backbone, weights)
+
+
+def show_engine(settings: helpers.Settings, index: helpers.Index | None = None) -> None:
+    """Which network and weights produce the results (the sidebar's footer)."""
+    st.sidebar.divider()
+    st.sidebar.subheader("Engine")
+    st.sidebar.markdown(f"Backbone **{settings.backbone}**, weights **{settings.weights}**")
+    if index is not None:
+        st.sidebar.caption(f"{len(index)} products indexed · recipe {index.recipe.name} · "
+                           f"weights {index.recipe.weights} · catalogue {settings.data_dir}")
+
+
+def search_options(index: helpers.Index) -> dict | None:
+    """The sidebar: number of results, colour weight, filters. None when k is unusable."""
+    st.sidebar.header("Search options")
+    k = st.sidebar.number_input("Number of results", value=5, step=1, key="k",
+                                help=f"From 1 to {MAX_SHOWN}.")
+    colour_weight = st.sidebar.slider(
+        "Colour weight", 0.0, 1.0, float(helpers.DEFAULT_COLOUR_WEIGHT), 0.05, key="colour_weight",
+        disabled=index.is_reference,
+        help="0 ranks by shape and texture alone (the network); 1 by colour alone.")
+    st.sidebar.subheader("Filters")
+    filters = {}
+    for column in helpers.FILTER_COLUMNS:
+        chosen = st.sidebar.multiselect(column, sorted(index.codes[column].categories), key=f"filter_{column}",
+                                        placeholder="any")
+        if chosen:
+            filters[column] = chosen
+    if not 1 <= k <= MAX_SHOWN:
+        st.error(f"Number of results must be between 1 and {MAX_SHOWN}; you asked for {k}. "
+                 "Change it in the sidebar.")
+        return None
+    return {"k": int(k), "colour_weight": colour_weight, "filters": filters}
+
+
+def engine_arguments(options: dict) -> dict:
+    return {"k": options["k"], "colour_weight": options["colour_weight"],
+            **{FILTER_ARGUMENTS[column]: values for column, values in options["filters"].items()}}
+
+
+def describe_filters(filters: dict) -> str:
+    return "; ".join(f"{column} {' or '.join(values)}" for column, values in filters.items())
+
+
+def pick_product(index: helpers.Index) -> pd.Series | None:
+    """The query product, from a ProductId or from words of its title."""
+    text = st.text_input("ProductId or words from the title", value=index.catalog["ProductId"].iloc[0],
+                         key="product_query", placeholder="e.g. 42419, or: sports shoes").strip()
+    if not text:
+        st.warning("Enter a ProductId (for example "
+                   f"{index.catalog['ProductId'].iloc[0]}) or a few words from a product title.")
+        return None
+    if text.isdigit():
+        try:
+            return helpers.product_row(index.catalog, text)
+        except KeyError as error:
+            st.error(error.args[0])
+            return None
+    matches = helpers.find_products(index.catalog, text, limit=50)
+    if matches.empty:
+        st.warning(f"No product title contains “{text}”. Try fewer or other words, or a ProductId.")
+        return None
+    chosen = st.selectbox(f"{len(matches)} products match “{text}”{' (first 50)' if len(matches) == 50 else ''}",
+                          matches["ProductId"].tolist(), key="title_match",
+                          format_func=lambda pid: f"{helpers.product_row(matches, pid)['ProductTitle']} · {pid}")
+    return helpers.product_row(index.catalog, chosen)
+
+
+def show_query(image, caption: str, heading: str, details: str) -> None:
+    with st.container(key="query"):
+        left, right = st.columns([1, 4], vertical_alignment="center")
+        left.image(image, caption=caption, width="stretch")
+        right.markdown(f"### {heading}")
+        right.markdown(details)
+
+
+def show_results(results: pd.DataFrame, seconds: float, where: str, filters: dict) -> None:
+    """The grid of result photos (title, id, similarity, why), then the same as a table."""
+    if results.empty:
+        st.warning(f"No product matches the filters ({describe_filters(filters)}) among {where}. "
+                   "Loosen the filters in the sidebar.")
+        return
+    st.markdown(f"#### {len(results)} most similar among {where}")
+    st.caption(f"Answered in {1000 * seconds:.0f} ms"
+               + (f" · filters: {describe_filters(filters)}" if filters else ""))
+    with st.container(key="results"):
+        for start in range(0, len(results), GRID_COLUMNS):
+            for column, (_, item) in zip(st.columns(GRID_COLUMNS), results.iloc[start:start + GRID_COLUMNS].iterrows()):
+                with column:
+                    st.image(item["image_path"], caption=f"{item['ProductId']} · {item['ProductTitle']}", width="stretch")
+                    st.markdown(f"**#{item['rank']}** · similarity **{item['similarity']:.2f}**")
+                    st.caption(item["why"])
+    with st.expander("Results as a table"):
+        st.dataframe(results[["rank", "ProductId", "ProductTitle", "Gender", *helpers.FILTER_COLUMNS, "similarity",
+                              "visual_similarity", "colour_similarity", "why"]],
+                     hide_index=True, key="results_table")
+
+
+def product_page(index: helpers.Index, options: dict) -> None:
+    box, switch = st.columns([3, 1], vertical_alignment="bottom")
+    with box:
+        query = pick_product(index)
+    across = switch.checkbox("Search across all genders", key="across_genders")
+    if query is None:
+        return
+    where = "all genders" if across else f"{query['Gender']} products"
+    show_query(query["image_path"], f"Query · {query['ProductId']}", query["ProductTitle"],
+               f"`{query['ProductId']}` · {query['Gender']} · {query['Category']} › {query['SubCategory']} › "
+               f"{query['ProductType']} · {query['Colour']} · {query['Usage']}  \n"
+               f"Searching **{where}**" + ("." if across else " (the product's gender)."))
+    started = time.perf_counter()
+    try:
+        results = helpers.similar_products(index, query["ProductId"], across_genders=across, **engine_arguments(options))
+    except (KeyError, helpers.SearchError) as error:
+        st.error(error.args[0])
+        return
+    show_results(results, time.perf_counter() - started, where, options["filters"])
+
+
+def photo_page(index: helpers.Index, options: dict, settings: helpers.Settings) -> None:
+    box, scope = st.columns([3, 1])
+    upload = box.file_uploader("A photo of a product (JPEG or PNG)", type=["jpg", "jpeg", "png"], key="photo")
+    gender = scope.selectbox("Search among", [ALL_GENDERS, *helpers.GENDERS], key="photo_gender")
+    try:
+        load_network(settings.backbone, settings.weights)
+    except helpers.WeightsError as error:
+        st.error(str(error))
+        return
+    if upload is None:
+        st.info("Upload a photo: the app finds the catalogue products that look most like it.")
+        return
+    try:
+        photo = helpers.load_image(upload.getvalue(), name=upload.name)
+    except helpers.ImageError as error:
+        st.error(str(error))
+        return
+    where = "all genders" if gender == ALL_GENDERS else f"{gender} products"
+    show_query(helpers.thumbnail(photo), f"Your photo · {upload.name}", "Your photo",
+               f"`{upload.name}` · {photo.width}×{photo.height} pixels  \nSearching **{where}**.")
+    started = time.perf_counter()
+    try:
+        with st.spinner("Reading your photo…"):
+            results = helpers.similar_to_image(index, photo, gender=None if gender == ALL_GENDERS else gender,
+                                               **engine_arguments(options))
+    except (helpers.ImageError, helpers.SearchError, helpers.WeightsError) as error:
+        st.error(str(error))
+        return
+    show_results(results, time.perf_counter() - started, where, options["filters"])
+
+
+def main() -> None:
+    st.title("fashion-lens")
+    st.caption("Find the catalogue products that look most like a product, or like your own photo.")
+    try:
+        settings = helpers.get_settings()
+    except helpers.SettingsError as error:
+        st.error(str(error))
+        return
+    if settings.weights == helpers.RANDOM_WEIGHTS:
+        show_engine(settings)
+        st.sidebar.error("Untrained network: no recommendations.")
+        st.error(f"{helpers.ENVIRONMENT_VARIABLES['weights']}=random builds an untrained network: its rankings "
+                 "are meaningless, so the app shows none. Unset it (or set it to imagenet, or to the path of a "
+                 "weights file) and restart the app.")
+        return
+    try:
+        index, notes = load_search_index(str(settings.data_dir), str(settings.artifacts_dir),
+                                         settings.backbone, settings.weights)
+    except LOADING_ERRORS as error:
+        show_engine(settings)
+        st.error(str(error))
+        return
+    options = search_options(index)
+    show_engine(settings, index)
+    for note in notes:
+        st.sidebar.warning(note)
+    if options is None:
+        return
+    mode = st.radio("Search by", ["Catalogue product", "Your photo"], horizontal=True, key="mode",
+                    label_visibility="collapsed")
+    if mode == "Catalogue product":
+        product_page(index, options)
+    else:
+        photo_page(index, options, settings)
+
+
+main()
