@@ -20,6 +20,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -847,6 +848,9 @@ def _compute_into_cache(rows: pd.DataFrame, recipe, cache_dir, batch_size, shard
         batch_size = 1  # the article's generator ran with batch_size=1
     failures, finished = {}, 0
     bar = tqdm(total=len(rows), desc=f"{recipe.name} features", unit="img", disable=not progress)
+    # Network (and TensorFlow) first: importing TensorFlow while Pillow decodes in the threads below
+    # crashed the process (segfault in ImageFile.load) when a fresh process computed its first features.
+    load_backbone(recipe.backbone, _weights_argument(recipe))
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         for start in range(0, len(rows), shard_size):
             chunk = rows.iloc[start:start + shard_size]
@@ -990,6 +994,8 @@ class Index:
     positions: dict[str, int]      # ProductId -> row
     codes: dict[str, pd.Categorical]
     groups: np.ndarray             # duplicate group of each row, as integer codes
+    feature_cache_dir: Path | None = None  # where the FAISS index of a large catalogue is cached
+    faiss_index: object | None = dataclasses.field(default=None, repr=False)  # see attach_faiss_index
 
     def __len__(self) -> int:
         return len(self.catalog)
@@ -1023,6 +1029,7 @@ def build_index(catalog: pd.DataFrame, features: Features) -> Index:
         positions={pid: row for row, pid in enumerate(rows["ProductId"])},
         codes={column: pd.Categorical(rows[column]) for column in FILTER_COLUMNS},
         groups=pd.factorize(rows["duplicate_group"])[0],
+        feature_cache_dir=features.cache_dir,
     )
 
 
@@ -1072,6 +1079,8 @@ def _filter_mask(index: Index, rows: slice, filters: dict) -> np.ndarray | None:
 def _rank(index: Index, query_vector: np.ndarray, query_colour: np.ndarray, rows: slice, k: int,
           exclude: np.ndarray | None, mask: np.ndarray | None, colour_weight: float) -> tuple[np.ndarray, dict]:
     """Top-k rows (absolute positions) within `rows`, best first, and their scores."""
+    if uses_faiss(index):  # a large catalogue: FAISS candidates, exact scores (see FAISS_MIN_PRODUCTS)
+        return _rank_with_faiss(index, query_vector, query_colour, rows, k, exclude, mask, colour_weight)
     candidates = index.vectors[rows]
     if index.is_reference:  # the article: Euclidean distance over the flattened maps
         from sklearn.metrics import pairwise_distances
@@ -1198,6 +1207,263 @@ def explain_similarity(query: pd.Series | None, result: pd.Series, result_colour
     common = [name for name in colour_names(result_colour) if name in colour_names(query_colour, top=3)]
     parts.append(f"both {' and '.join(common)}" if common else f"colours: {', '.join(colour_names(result_colour))}")
     return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------
+# Large catalogues: a FAISS index proposes candidates, exact dot products rank them
+# ----------------------------------------------------------------------------
+# The exact search reads every descriptor of the slice for each query (20 KB per product at
+# 5120 numbers): benchmark.py measured about 1 ms per 1000 products here, so from
+# FAISS_MIN_PRODUCTS on a query would take longer than probing an inverted-file index. Above it,
+# search goes through a FAISS index cached beside the features: descriptors compressed by PCA,
+# an IVF finds about twice the candidates needed, and the exact dot products on the full
+# descriptors re-rank them, so scores, filters and colour re-ranking are unchanged.
+FAISS_MIN_PRODUCTS = 20_000
+FAISS_PCA_DIMENSIONS = 256  # 5120 -> 256 keeps ~80 % of the variance; exact re-ranking restores the order
+FAISS_PROBES = 32           # inverted lists visited per query (of about 4 x sqrt(N))
+FAISS_TRAINING_SAMPLE = 50_000
+_FAISS_LOCK = threading.Lock()
+_FAISS_SEARCH_LOCK = threading.Lock()
+
+
+def faiss_index_spec(n_products: int) -> str:
+    """The FAISS index a catalogue of `n_products` gets: "PCA256,IVF<lists>,Flat" (about 4 x sqrt(N)
+    inverted lists, at least 39 training points each). "Flat" (exact inner product) also works."""
+    lists = max(16, min(int(4 * np.sqrt(n_products)), n_products // 39))
+    return f"PCA{FAISS_PCA_DIMENSIONS},IVF{lists},Flat"
+
+
+def _pca_transform(sample: np.ndarray, dimensions: int, seed: int = 0):
+    """PCA fitted with a randomized SVD (seconds; FAISS's own PCAMatrix takes minutes at 5120 numbers),
+    as a FAISS LinearTransform y = A (x - mean). L2 distances survive centring, so do the rankings."""
+    import faiss
+    from sklearn.utils.extmath import randomized_svd
+
+    mean = sample.mean(axis=0)
+    _, _, components = randomized_svd(sample - mean, dimensions, n_iter=4, random_state=seed)
+    transform = faiss.LinearTransform(sample.shape[1], dimensions, True)
+    faiss.copy_array_to_vector(np.ascontiguousarray(components, dtype=np.float32).ravel(), transform.A)
+    faiss.copy_array_to_vector((-components @ mean).astype(np.float32), transform.b)
+    transform.is_trained = True
+    return transform
+
+
+def build_faiss_index(vectors: np.ndarray, spec: str = "auto", seed: int = 0, chunk: int = 65_536):
+    """A FAISS index over `vectors` (float16 or float32, any size: read in chunks); its ids are row numbers.
+
+    `spec` is a FAISS factory string, optionally starting with "PCA<d>," (fitted here), e.g.
+    "PCA256,IVF4096,Flat" or "PCA256,HNSW32"; "Flat" is the exact inner-product index; "auto"
+    picks faiss_index_spec(len(vectors)).
+    """
+    import faiss
+
+    count, dimensions = vectors.shape
+    if count == 0:
+        raise SearchError("There are no products to index: compute the features first (load_index).")
+    spec = faiss_index_spec(count) if spec == "auto" else spec
+    if spec == "Flat":
+        index = faiss.IndexFlatIP(dimensions)
+    else:
+        transform, rest = None, spec
+        if spec.startswith("PCA"):
+            head, rest = spec.split(",", 1)
+            sample = np.sort(np.random.default_rng(seed).choice(count, min(count, 20_000), replace=False))
+            transform = _pca_transform(np.asarray(vectors[sample], dtype=np.float32), int(head[3:]), seed)
+        inner = faiss.index_factory(transform.d_out if transform else dimensions, rest, faiss.METRIC_L2)
+        if not inner.is_trained:
+            sample = np.sort(np.random.default_rng(seed + 1).choice(count, min(count, FAISS_TRAINING_SAMPLE), replace=False))
+            training = np.concatenate([_project(transform, vectors[sample[start:start + chunk]])
+                                       for start in range(0, len(sample), chunk)])
+            inner.train(training)
+        index = faiss.IndexPreTransform(transform, inner) if transform else inner
+    for start in range(0, count, chunk):
+        index.add(np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32))
+    return index
+
+
+def _project(transform, vectors: np.ndarray) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return transform.apply(vectors) if transform is not None else vectors
+
+
+def faiss_candidates(faiss_index, query_vector: np.ndarray, count: int, allowed: np.ndarray | None = None,
+                     probes: int = FAISS_PROBES) -> np.ndarray:
+    """Rows of about the `count` nearest vectors, best first; `allowed` (booleans over all rows)
+    restricts the search inside FAISS. Fewer come back when the filter leaves few in reach.
+    `probes`: the inverted lists an IVF visits, or an HNSW's efSearch (at least `count`)."""
+    import faiss
+
+    inner = faiss.downcast_index(faiss_index.index) if isinstance(faiss_index, faiss.IndexPreTransform) else faiss_index
+    selector, bitmap = None, None
+    if allowed is not None and not allowed.all():
+        bitmap = np.packbits(allowed, bitorder="little")  # kept referenced while FAISS reads it
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+    if isinstance(inner, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=min(int(probes), inner.nlist))
+    elif isinstance(inner, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(min(int(probes), 4096), count))
+    else:
+        params = faiss.SearchParameters(sel=selector)
+    if inner is not faiss_index:
+        params = faiss.SearchParametersPreTransform(index_params=params)
+    query = np.ascontiguousarray(query_vector, dtype=np.float32).reshape(1, -1)
+    with _FAISS_SEARCH_LOCK:  # one query on one thread: two OpenMP threads only wait on each other (10x slower here)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            _, labels = faiss_index.search(query, int(count), params=params)
+        finally:
+            faiss.omp_set_num_threads(threads)
+    return labels[0][labels[0] >= 0]
+
+
+def attach_faiss_index(index: Index, spec: str = "auto") -> Index:
+    """Make `index` search through a FAISS index (built once, then read from the feature cache).
+
+    similar_products and similar_to_image do this by themselves from FAISS_MIN_PRODUCTS products on;
+    call it to build the index ahead of the first query, or with spec="Flat" to force the FAISS
+    path with an exact index on a small catalogue. The cache file is named after the feature cache
+    shards, the product ids and a sample of the vectors, so changed features get a new index.
+    """
+    import faiss
+
+    with _FAISS_LOCK:
+        path = _faiss_cache_path(index, spec)
+        if path is not None and path.is_file():
+            index.faiss_index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+            return index
+        index.faiss_index = build_faiss_index(index.vectors, spec)
+        if path is not None:
+            with atomic_write(path) as handle:
+                handle.write(memoryview(faiss.serialize_index(index.faiss_index)))
+            for stale in path.parent.glob("faiss-*.index"):  # indexes of features since changed
+                if stale != path:
+                    stale.unlink(missing_ok=True)
+    return index
+
+
+def _faiss_cache_path(index: Index, spec: str) -> Path | None:
+    if index.feature_cache_dir is None:
+        return None
+    import faiss
+
+    manifest = _read_manifest(index.feature_cache_dir, index.recipe) or {"shards": []}
+    step = max(1, len(index) // 256)
+    identity = {
+        "spec": faiss_index_spec(len(index)) if spec == "auto" else spec,
+        "faiss": faiss.__version__,
+        "shards": [[entry["file"], entry["sha256"]] for entry in manifest["shards"]],
+        "ids": hashlib.sha256("\n".join(index.catalog["ProductId"]).encode()).hexdigest(),
+        "vectors": hashlib.sha256(np.ascontiguousarray(index.vectors[::step]).tobytes()).hexdigest(),
+        "shape": list(index.vectors.shape),
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return index.feature_cache_dir / f"faiss-{key}.index"
+
+
+def uses_faiss(index: Index) -> bool:
+    """Does a search over `index` go through FAISS? (attached, or a large catalogue)"""
+    # the article's method ranks by Euclidean distance over raw maps: it always stays exact
+    return not index.is_reference and (index.faiss_index is not None or len(index) >= FAISS_MIN_PRODUCTS)
+
+
+def _rank_with_faiss(index: Index, query_vector: np.ndarray, query_colour: np.ndarray, rows: slice, k: int,
+                     exclude: np.ndarray | None, mask: np.ndarray | None, colour_weight: float) -> tuple[np.ndarray, dict]:
+    """_rank's results for a large catalogue: FAISS proposes candidates within the allowed rows
+    (gender slice, filters, query and its copies left out), exact dot products rank them."""
+    if index.faiss_index is None:
+        attach_faiss_index(index)
+    allowed = np.ones(rows.stop - rows.start, dtype=bool) if mask is None else mask.copy()
+    if exclude is not None:
+        allowed[exclude] = False
+    available = int(allowed.sum())
+    needed = min(available, max(k, CANDIDATE_POOL) if colour_weight > 0 else k)
+    if needed == 0:
+        empty = np.array([], dtype=np.int64)
+        return empty, {"similarity": empty.astype(float), "visual_similarity": empty, "colour_similarity": empty}
+    count = max(2 * needed, needed + 40)  # FAISS ranks by compressed vectors: ask for spares
+    if available <= count:  # so few products allowed that FAISS could not save any work
+        candidates = rows.start + np.flatnonzero(allowed)
+    else:
+        everywhere = np.zeros(len(index), dtype=bool)
+        everywhere[rows] = allowed
+        # a gender slice or filter keeping a share f of the products: visit 1/sqrt(f) times more
+        # lists (the allowed neighbours cluster near the query: 1/f would overdo it)
+        probes = int(FAISS_PROBES * np.sqrt(len(index) / available))
+        candidates = faiss_candidates(index.faiss_index, query_vector, count, everywhere, probes)
+        if len(candidates) < needed:  # the visited lists held too few allowed products: visit them all
+            candidates = faiss_candidates(index.faiss_index, query_vector, count, everywhere, probes=len(index))
+    visual = exact_similarities(index.vectors, candidates, query_vector)
+    best = np.argpartition(-visual, needed - 1)[:needed]
+    pool, visual = candidates[best], visual[best]
+    colour = index.colours[pool] @ query_colour
+    score = visual.astype(np.float64)
+    blended = (1 - colour_weight) * score + colour_weight * colour if colour_weight > 0 else score
+    order = np.argsort(-blended, kind="stable")[:k]
+    return pool[order], {"similarity": blended[order], "visual_similarity": visual[order],
+                         "colour_similarity": colour[order]}
+
+
+def exact_similarities(vectors: np.ndarray, rows: np.ndarray, query_vector: np.ndarray, chunk: int = 32_768) -> np.ndarray:
+    """Dot products of `query_vector` with the given rows (float16 rows are widened chunk by chunk).
+    einsum, not BLAS: for a few hundred rows, BLAS threads cost more than they save (3x here)."""
+    query = np.asarray(query_vector, dtype=np.float32)
+    return np.concatenate([np.einsum("ij,j->i", np.asarray(vectors[rows[start:start + chunk]], dtype=np.float32), query)
+                           for start in range(0, len(rows), chunk)] or [np.zeros(0, dtype=np.float32)])
+
+
+SYNTHETIC_NEIGHBOURS = 8
+
+
+def synthetic_vectors(real: np.ndarray, count: int, seed: int = 0, spread: float = 1.0, noise: float = 0.1,
+                      chunk: int = 16_384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A synthetic catalogue clustered like `real` (L2-normalised descriptors), in chunks of
+    (base rows, float32 vectors), generated on the fly: nothing is stored.
+
+    Each vector is a real one moved at random within the span of its 8 nearest real neighbours,
+    by about one neighbour distance (`spread`), plus `noise` in every direction, then normalised:
+    the real catalogue's clusters and local directions, at any size. Uniform random vectors would
+    have no neighbourhoods, and say nothing about an index.
+    """
+    real = np.ascontiguousarray(real, dtype=np.float32)
+    neighbours = np.concatenate([
+        np.argpartition(-_without_self(real[start:start + 4096] @ real.T, start), SYNTHETIC_NEIGHBOURS,
+                        axis=1)[:, :SYNTHETIC_NEIGHBOURS]
+        for start in range(0, len(real), 4096)])
+    rng = np.random.default_rng(seed)
+    for start in range(0, count, chunk):
+        size = min(chunk, count - start)
+        bases = rng.integers(len(real), size=size)
+        steps = rng.standard_normal((size, SYNTHETIC_NEIGHBOURS)).astype(np.float32)
+        steps *= np.float32(spread / np.sqrt(SYNTHETIC_NEIGHBOURS))
+        vectors = real[bases] * (1 - steps.sum(axis=1, keepdims=True))
+        for j in range(SYNTHETIC_NEIGHBOURS):
+            vectors += steps[:, j:j + 1] * real[neighbours[bases, j]]
+        vectors += rng.standard_normal(vectors.shape, dtype=np.float32) * np.float32(noise / np.sqrt(real.shape[1]))
+        yield bases, l2_normalize(vectors)
+
+
+def _without_self(similarities: np.ndarray, start: int) -> np.ndarray:
+    rows = np.arange(len(similarities))
+    similarities[rows, start + rows] = -np.inf
+    return similarities
+
+
+def synthetic_index(index: Index, count: int, seed: int = 0) -> Index:
+    """An Index of `count` synthetic products made from `index` (see synthetic_vectors); each one
+    takes the catalogue row (gender, type, colour...) and the colour descriptor of the real
+    product it was made from, under a new ProductId. For scale tests and the benchmark."""
+    parts = list(synthetic_vectors(index.vectors, count, seed))
+    bases = np.concatenate([part[0] for part in parts])
+    vectors = np.concatenate([part[1] for part in parts])
+    del parts
+    catalog = index.catalog.iloc[bases].reset_index(drop=True)
+    catalog["ProductId"] = [str(10_000_000 + row) for row in range(count)]
+    catalog["duplicate_group"] = catalog["ProductId"]
+    catalog["is_duplicate"] = False
+    features = Features(ids=catalog["ProductId"].to_numpy(dtype=str), vectors=vectors,
+                        colours=index.colours[bases], recipe=index.recipe)
+    return build_index(catalog, features)
 
 
 # ============================================================================
