@@ -134,7 +134,7 @@ def test_resnet50_shapes_and_preprocessing_with_random_weights(small_catalog, tm
     assert features.vectors.shape == (3, 4 * 2048)
     gap = helpers.dataclasses.replace(helpers.resolve_recipe(recipe), pooling="gap")
     assert helpers.embed_images(small_catalog["image_path"].head(1), gap).shape == (1, 2048)
-    assert helpers.feature_cache_dir(recipe, tmp_path).name.startswith("resnet50-pad-backbone-grid2x2")
+    assert helpers.feature_cache_dir(recipe, tmp_path).name.startswith("resnet50-crop-backbone-grid2x2")
 
 
 def test_mobilenet_preprocessing_maps_pixels_to_minus_one_one(recipe):

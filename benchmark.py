@@ -1,0 +1,536 @@
+"""Benchmark fashion-lens against the reference article's method, side by side in one run.
+
+    python benchmark.py                # full: the whole catalogue; synthetic catalogues of 10k, 100k, 1M
+    python benchmark.py --quick        # a few minutes: 64 products per gender; synthetic 10k and 100k
+    python benchmark.py --backbone mobilenet_v2
+
+Both methods run on the same machine, the same photos and the same backbone, each from a cold
+feature cache (fresh temporary folders). Prints a table and writes artifacts/bench/results.json
+(atomically, after each figure, so an interrupted run keeps what it measured).
+Figures vary by about +-30 % between runs on shared machines: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pandas as pd
+
+import helpers
+
+PROJECT_DIR = Path(__file__).resolve().parent
+RESULTS_FORMAT = 1
+QUERIES = 200
+NEIGHBOURS = 10  # recall@10
+TARGETS = {"extraction": 2.5, "memory": 12.0, "latency": 1000.0, "scale_recall": 0.95, "scale_ms": 5.0}
+IVF_PROBES = (8, 16, 32, 64)
+HNSW_EF = (64, 128, 256)  # efSearch: at least the 50 candidates asked for
+
+
+# ---------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def latencies_ms(call, items, warm_up: int = 20) -> dict:
+    """Median and p95 of one call per item, after a few untimed calls (BLAS threads start lazily)."""
+    for item in items[:warm_up]:
+        call(item)
+    times = []
+    for item in items:
+        start = time.perf_counter()
+        call(item)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median": float(np.median(times)), "p95": float(np.percentile(times, 95)), "queries": len(times)}
+
+
+def ratio(slow, fast):
+    return float(slow / fast) if slow and fast else None
+
+
+def available_memory_bytes() -> int:
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Report:
+    """The results, rewritten atomically after every figure."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path = path
+        self.data = {"format": RESULTS_FORMAT, "meta": meta, "figures": {}}
+
+    def add(self, key: str, figure: dict) -> None:
+        self.data["figures"][key] = figure
+        self.save()
+        print(f"  [{key}] saved", flush=True)
+
+    def save(self) -> None:
+        self.data["meta"]["peak_memory_mb"] = round(peak_memory_mb(), 1)
+        with helpers.atomic_write(self.path, "w") as handle:
+            json.dump(self.data, handle, indent=1, default=_plain)
+
+
+def _plain(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    raise TypeError(f"{type(value)} is not JSON")
+
+
+# ---------------------------------------------------------------------------
+# The figures
+# ---------------------------------------------------------------------------
+
+def sample_catalog(catalog: pd.DataFrame, per_gender: int | None, seed: int = 0) -> pd.DataFrame:
+    if per_gender is None:
+        return catalog
+    parts = [rows.sample(min(per_gender, len(rows)), random_state=seed) for _, rows in catalog.groupby("Gender")]
+    return pd.concat(parts).sort_index()
+
+
+def extraction(products: pd.DataFrame, settings, scratch: Path) -> tuple[dict, helpers.Features, helpers.Features]:
+    """Images/s of the article's recipe (batch 1, model.predict, 1/255, flatten) and the project's
+    (batch 32, threaded decoding, preprocess_input, 2x2 grid), each into an empty cache."""
+    recipes = {"article": helpers.reference_recipe(settings), "project": helpers.default_recipe(settings)}
+    warm = np.zeros((1, helpers.IMAGE_SIZE, helpers.IMAGE_SIZE, 3), dtype=np.uint8)
+    for recipe, batch in ((recipes["article"], 1), (recipes["project"], 32)):  # build the network and
+        helpers.run_network(np.repeat(warm, batch, axis=0), helpers.resolve_recipe(recipe))  # its kernels first
+    features, seconds = {}, {}
+    for name, recipe in recipes.items():
+        print(f"  extracting {len(products)} photos the {name}'s way ...", flush=True)
+        features[name], seconds[name] = timed(helpers.extract_features, products, recipe,
+                                              artifacts_dir=scratch / name, progress=False)
+    rates = {name: len(products) / seconds[name] for name in recipes}
+    figure = {
+        "unit": "images/s", "images": len(products),
+        "article": rates["article"], "project": rates["project"],
+        "ratio": ratio(rates["project"], rates["article"]), "target_ratio": TARGETS["extraction"],
+        "article_seconds": seconds["article"], "project_seconds": seconds["project"],
+        "article_recipe": recipes["article"].name + " batch 1 (model.predict per image)",
+        "project_recipe": recipes["project"].name + " batch 32 (threaded decoding)",
+    }
+    figure["meets_target"] = figure["ratio"] >= TARGETS["extraction"]
+    return figure, features["article"], features["project"]
+
+
+def memory(article: helpers.Features, project_index: helpers.Index, project: helpers.Features) -> dict:
+    count = len(article)
+    figure = {
+        "unit": "MB", "products": count,
+        "article_dimensions": int(article.vectors.shape[1]), "project_dimensions": int(project.vectors.shape[1]),
+        "article_float32": article.vectors.astype(np.float32, copy=False).nbytes / 1e6,
+        "project_float32_in_memory": project_index.vectors.nbytes / 1e6,
+        "project_float16_on_disk": project.vectors.astype(np.float16, copy=False).nbytes / 1e6,
+        "resnet50_article_per_product_kb": 7 * 7 * 2048 * 4 / 1e3,
+        "target_ratio": TARGETS["memory"],
+    }
+    figure["ratio_in_memory"] = ratio(figure["article_float32"], figure["project_float32_in_memory"])
+    figure["ratio_on_disk"] = ratio(figure["article_float32"], figure["project_float16_on_disk"])
+    figure["meets_target"] = figure["ratio_in_memory"] >= TARGETS["memory"]
+    return figure
+
+
+def query_latency(article_index: helpers.Index, project_index: helpers.Index, seed: int = 0) -> dict:
+    """The article's search (pairwise_distances over flattened maps, recomputed per query) against
+    the project's (one matrix-vector product over the gender slice), on the same query products.
+    "core": ranking only; "full call": similar_products, which also builds the result DataFrame."""
+    rng = np.random.default_rng(seed)
+    ids = list(rng.choice(project_index.catalog["ProductId"], QUERIES, replace=QUERIES > len(project_index)))
+
+    def core(index, filtered):
+        def call(product_id):
+            position = index.positions[product_id]
+            rows = index.gender_rows[index.catalog.at[position, "Gender"]]
+            exclude = np.flatnonzero(index.groups[rows] == index.groups[position])
+            filters = {"SubCategory": None, "ProductType": index.catalog.at[position, "ProductType"] if filtered else None,
+                       "Colour": None, "Usage": None}
+            mask = helpers._filter_mask(index, rows, filters)
+            weight = 0.0 if index.is_reference else helpers.DEFAULT_COLOUR_WEIGHT
+            helpers._rank(index, helpers.product_query(index, position), rows, 5, exclude, mask, weight)
+        return call
+
+    def full(index, filtered):
+        def call(product_id):
+            product_type = index.catalog.at[index.positions[product_id], "ProductType"] if filtered else None
+            helpers.similar_products(index, product_id, k=5, product_type=product_type)
+        return call
+
+    figure = {"unit": "ms", "queries": QUERIES, "products": len(project_index), "target_ratio": TARGETS["latency"],
+              "filter": "ProductType = the query's own"}
+    for kind, make in (("core", core), ("full_call", full)):
+        for filtered in (False, True):
+            key = f"{kind}{'_filtered' if filtered else ''}"
+            print(f"  timing {key} ...", flush=True)
+            article = latencies_ms(make(article_index, filtered), ids)
+            project = latencies_ms(make(project_index, filtered), ids)
+            figure[key] = {"article_median": article["median"], "article_p95": article["p95"],
+                           "project_median": project["median"], "project_p95": project["p95"],
+                           "ratio_median": ratio(article["median"], project["median"]),
+                           "ratio_p95": ratio(article["p95"], project["p95"])}
+    figure["meets_target"] = figure["core"]["ratio_median"] >= TARGETS["latency"]
+    return figure
+
+
+def quality(article_index: helpers.Index, project_index: helpers.Index) -> dict:
+    table = helpers.compare_methods({"article": article_index, "project": project_index})
+    return {"unit": "precision@5 / mAP@5 (within gender, query and its copies excluded)",
+            "products": len(project_index), "colour_weight": helpers.DEFAULT_COLOUR_WEIGHT,
+            **{method: {column: float(value) for column, value in row.items()} for method, row in table.iterrows()}}
+
+
+def main_job(settings, quick: bool, sample: int, scratch: Path) -> dict:
+    """Seconds of `run_notebooks.py` into an empty artifacts folder, then again with its feature cache."""
+    script = PROJECT_DIR / "run_notebooks.py"
+    arguments = ["--sample", str(sample)] if quick else []
+    figure = {"unit": "s", "command": " ".join(["run_notebooks.py", *arguments])}
+    if not script.is_file():
+        return {**figure, "skipped": "run_notebooks.py does not exist yet"}
+    environment = {**os.environ, "FASHION_LENS_ARTIFACTS": str(scratch / "main-job"),
+                   "FASHION_LENS_BACKBONE": settings.backbone, "FASHION_LENS_DATA": str(settings.data_dir)}
+    for run in ("first_run", "rerun"):
+        print(f"  main job, {run.replace('_', ' ')} ...", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, str(script), *arguments], env=environment, cwd=PROJECT_DIR,
+                              capture_output=True, text=True)
+        figure[run] = time.perf_counter() - start
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            return {**figure, "skipped": f"run_notebooks.py failed ({done.returncode}): {' | '.join(tail)}"}
+    figure["ratio"] = ratio(figure["first_run"], figure["rerun"])
+    return figure
+
+
+# ---------------------------------------------------------------------------
+# Scale: synthetic catalogues, exact search against FAISS indexes
+# ---------------------------------------------------------------------------
+
+def exact_top(vectors: np.ndarray, query: np.ndarray, k: int = NEIGHBOURS, chunk: int = 65_536) -> np.ndarray:
+    """The exact top k by dot product (float16 storage is converted chunk by chunk)."""
+    if vectors.dtype == np.float32:
+        scores = vectors @ query
+    else:
+        scores = np.concatenate([vectors[start:start + chunk].astype(np.float32) @ query
+                                 for start in range(0, len(vectors), chunk)])
+    best = np.argpartition(-scores, k)[:k]
+    return best[np.argsort(-scores[best])]
+
+
+def running_top(queries: np.ndarray, vectors: np.ndarray, offset: int, best: tuple | None, k: int = NEIGHBOURS):
+    """Merge the exact top k of `queries` over one chunk of the catalogue into the running top k."""
+    scores = queries @ vectors.T
+    rows = np.argpartition(-scores, k, axis=1)[:, :k]
+    found = (np.take_along_axis(scores, rows, axis=1), rows + offset)
+    if best is not None:
+        found = (np.concatenate([best[0], found[0]], axis=1), np.concatenate([best[1], found[1]], axis=1))
+    order = np.argsort(-found[0], axis=1)[:, :k]
+    return np.take_along_axis(found[0], order, axis=1), np.take_along_axis(found[1], order, axis=1)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a[a >= 0]) & set(b)) / len(b) for a, b in zip(found, truth)]))
+
+
+def index_bytes(faiss_index) -> int:
+    import faiss
+
+    return int(faiss.serialize_index(faiss_index).nbytes)
+
+
+def measure_index(name, faiss_index, settings_list, vectors, queries, truth) -> list[dict]:
+    """recall@10 and ms/query as the engine searches: FAISS proposes 50 candidates, the exact dot
+    products on the full descriptors re-rank them."""
+    pool = max(2 * NEIGHBOURS, NEIGHBOURS + 40)
+    rows = []
+    for setting in settings_list:
+        found, faiss_only = [], []
+
+        def search(query):
+            candidates = helpers.faiss_candidates(faiss_index, query, pool, probes=setting)
+            exact = helpers.exact_similarities(vectors, candidates, query)
+            found.append(candidates[np.argsort(-exact)[:NEIGHBOURS]])
+            faiss_only.append(candidates[:NEIGHBOURS])
+
+        timing = latencies_ms(search, list(queries))
+        found, faiss_only = found[-len(queries):], faiss_only[-len(queries):]
+        rows.append({"index": name, "setting": setting, "recall_at_10": recall_at_k(np.array(found), truth),
+                     "recall_at_10_before_reranking": recall_at_k(np.array(faiss_only), truth),
+                     "ms_per_query_median": timing["median"], "ms_per_query_p95": timing["p95"]})
+        print(f"    {name} {setting}: recall@10 {rows[-1]['recall_at_10']:.3f}, {timing['median']:.2f} ms/query", flush=True)
+    return rows
+
+
+def scale(real_index: helpers.Index, sizes: list[int], seed: int = 1) -> dict:
+    figure = {"unit": "ms/query, MB, s", "dimensions": int(real_index.vectors.shape[1]),
+              "generator": "helpers.synthetic_vectors: real descriptors moved within their 8-neighbour span "
+                           "(spread 1.0) plus noise 0.1, L2-normalised",
+              "queries": QUERIES, "rerank_pool": max(2 * NEIGHBOURS, NEIGHBOURS + 40),
+              "threshold_products": helpers.FAISS_MIN_PRODUCTS, "product_index": helpers.faiss_index_spec(10**6),
+              "product_probes": helpers.FAISS_PROBES, "target_recall": TARGETS["scale_recall"],
+              "target_ms": TARGETS["scale_ms"], "sizes": {}}
+    real = real_index.vectors
+    real_similarities = real @ real.T
+    real_similarities[real_index.groups[:, None] == real_index.groups[None, :]] = -np.inf
+    real_top = -np.sort(-real_similarities, axis=1)[:, :NEIGHBOURS]
+    figure["real_neighbour_similarity_median"] = {"1st": float(np.median(real_top[:, 0])),
+                                                  "10th": float(np.median(real_top[:, -1]))}
+    del real_similarities
+    queries = np.concatenate([part[1] for part in helpers.synthetic_vectors(real, QUERIES, seed=seed + 1000)])
+    for size in sizes:
+        print(f"  synthetic catalogue of {size:,} products ...", flush=True)
+        need = size * real.shape[1] * 2 * 1.4 + 3e9
+        if size > 100_000 and available_memory_bytes() < need:
+            figure["sizes"][str(size)] = {"skipped": f"needs about {need / 2**30:.0f} GiB free, "
+                                                      f"{available_memory_bytes() / 2**30:.0f} GiB available"}
+        else:
+            figure["sizes"][str(size)] = scale_one(real_index, size, queries, seed)
+        yield figure
+
+
+def scale_one(real_index: helpers.Index, size: int, queries: np.ndarray, seed: int) -> dict:
+    """Up to 100k: a synthetic Index (float32, as the engine holds it), also searched through
+    similar_products; above: float16 vectors generated in chunks (float32 would need 20 GB at 1M)."""
+    entry = {"products": size}
+    synthetic = None
+    start = time.perf_counter()
+    if size <= 100_000:
+        synthetic = helpers.synthetic_index(real_index, size, seed=seed)
+        vectors = synthetic.vectors
+        truth = None
+        for offset in range(0, size, 65_536):
+            truth = running_top(queries, vectors[offset:offset + 65_536], offset, truth)
+    else:
+        vectors = np.empty((size, real_index.vectors.shape[1]), dtype=np.float16)
+        truth, offset = None, 0
+        for _, part in helpers.synthetic_vectors(real_index.vectors, size, seed=seed, chunk=32_768):
+            vectors[offset:offset + len(part)] = part
+            truth = running_top(queries, part, offset, truth)
+            offset += len(part)
+    entry["generate_and_ground_truth_s"] = time.perf_counter() - start
+    entry["storage"] = str(vectors.dtype)
+    entry["vectors_mb"] = vectors.nbytes / 1e6
+    entry["neighbour_similarity_median"] = {"1st": float(np.median(truth[0][:, 0])),
+                                            "10th": float(np.median(truth[0][:, -1]))}
+    truth = truth[1]
+
+    exact_queries = list(queries[: QUERIES if size <= 10_000 else (50 if size <= 100_000 else 5)])
+    timing = latencies_ms(lambda query: exact_top(vectors, query), exact_queries, warm_up=2)
+    entry["exact"] = {"ms_per_query_median": timing["median"], "ms_per_query_p95": timing["p95"],
+                      "queries": timing["queries"], "recall_at_10": 1.0,
+                      "note": "numpy matrix-vector product" if vectors.dtype == np.float32
+                      else "float16 converted in 65k-row chunks per query"}
+
+    entry["indexes"] = []
+    ivf_spec = helpers.faiss_index_spec(size)
+    hnsw_spec = f"PCA{helpers.FAISS_PCA_DIMENSIONS},HNSW32"
+    for spec, settings_list in ((ivf_spec, IVF_PROBES), (hnsw_spec, HNSW_EF)):
+        print(f"    building {spec} ...", flush=True)
+        faiss_index, build_seconds = timed(helpers.build_faiss_index, vectors, spec)
+        rows = measure_index(spec, faiss_index, settings_list, vectors, queries, truth)
+        memory_mb = index_bytes(faiss_index) / 1e6
+        for row in rows:
+            row.update(build_s=build_seconds, index_mb=memory_mb)
+        entry["indexes"] += rows
+        if synthetic is not None and spec == ivf_spec:
+            synthetic.faiss_index = faiss_index  # the engine's own index at this size: reuse it
+            entry["engine"] = engine_search(synthetic)
+        del faiss_index
+    chosen = [row for row in entry["indexes"] if row["index"] == ivf_spec and row["setting"] == helpers.FAISS_PROBES]
+    entry["chosen"] = chosen[0] if chosen else None
+    entry["speedup_chosen_vs_exact"] = ratio(entry["exact"]["ms_per_query_median"],
+                                             chosen[0]["ms_per_query_median"]) if chosen else None
+    del vectors, synthetic
+    return entry
+
+
+def engine_search(synthetic: helpers.Index, seed: int = 0) -> dict:
+    """similar_products on a synthetic catalogue: the exact product against the FAISS path (same
+    API, gender slice, filters, colour re-ranking), ranking core and full call."""
+    rng = np.random.default_rng(seed)
+    ids = list(rng.choice(synthetic.catalog["ProductId"], 100, replace=False))
+    attached, threshold = synthetic.faiss_index, helpers.FAISS_MIN_PRODUCTS
+    result = {"queries": len(ids)}
+    for filtered in (False, True):
+        def call(product_id):
+            product_type = synthetic.catalog.at[synthetic.positions[product_id], "ProductType"] if filtered else None
+            return helpers.similar_products(synthetic, product_id, k=NEIGHBOURS, product_type=product_type)
+
+        answers = {}
+        for path in ("exact", "faiss"):
+            synthetic.faiss_index = attached if path == "faiss" else None
+            helpers.FAISS_MIN_PRODUCTS = threshold if path == "faiss" else 10**12
+            try:
+                answers[path] = [call(product_id)["ProductId"].tolist() for product_id in ids]
+                result[f"{path}{'_filtered' if filtered else ''}_ms"] = latencies_ms(call, ids)
+            finally:
+                helpers.FAISS_MIN_PRODUCTS = threshold
+        overlap = [len(set(a) & set(b)) / max(1, len(a)) for a, b in zip(answers["exact"], answers["faiss"])]
+        result[f"recall_at_10{'_filtered' if filtered else ''}"] = float(np.mean(overlap))
+    synthetic.faiss_index = attached
+    return result
+
+
+# ---------------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------------
+
+def print_table(data: dict) -> None:
+    figures = data["figures"]
+    lines = [("figure", "article", "project", "ratio", "target")]
+
+    def add(name, article, project, value, target=""):
+        lines.append((name, article, project, value, target))
+
+    if "extraction" in figures:
+        f = figures["extraction"]
+        add(f"extraction, images/s ({f['images']} photos)", f"{f['article']:.1f}", f"{f['project']:.1f}",
+            f"{f['ratio']:.1f}x", f">= {f['target_ratio']}x")
+    if "memory" in figures:
+        f = figures["memory"]
+        add(f"features, MB ({f['products']} products, float32 in memory)", f"{f['article_float32']:.0f}",
+            f"{f['project_float32_in_memory']:.1f}", f"{f['ratio_in_memory']:.1f}x", f">= {f['target_ratio']}x")
+        add("features, MB (float16 on disk)", "", f"{f['project_float16_on_disk']:.1f}", f"{f['ratio_on_disk']:.1f}x")
+    if "query_latency" in figures:
+        f = figures["query_latency"]
+        for key, label in (("core", "ranking"), ("core_filtered", "ranking, filtered"),
+                           ("full_call", "similar_products call"), ("full_call_filtered", "call, filtered")):
+            row = f[key]
+            add(f"query {label}, ms median / p95", f"{row['article_median']:.2f} / {row['article_p95']:.2f}",
+                f"{row['project_median']:.3f} / {row['project_p95']:.3f}", f"{row['ratio_median']:.0f}x",
+                f">= {f['target_ratio']:.0f}x" if key == "core" else "")
+    if "quality" in figures:
+        f = figures["quality"]
+        for column in f["project"]:
+            add(f"quality {column} ({f['products']} products)", f"{f['article'][column]:.3f}", f"{f['project'][column]:.3f}",
+                f"{f['project'][column] - f['article'][column]:+.3f}")
+    if "main_job" in figures:
+        f = figures["main_job"]
+        if "skipped" in f:
+            add(f"main job ({f['command']})", "", f"skipped: {f['skipped']}"[:70], "")
+        else:
+            add(f"main job, s: first run / rerun ({f['command']})", "", f"{f['first_run']:.0f} / {f['rerun']:.0f}",
+                f"{f['ratio']:.1f}x")
+    if "scale" in figures:
+        f = figures["scale"]
+        for size, entry in f["sizes"].items():
+            if "skipped" in entry:
+                add(f"scale {int(size):,}", "", f"skipped: {entry['skipped']}", "")
+                continue
+            add(f"scale {int(size):,}: exact, ms/query ({entry['storage']})", "", f"{entry['exact']['ms_per_query_median']:.1f}", "")
+            best = {}
+            for row in entry["indexes"]:
+                add(f"  {row['index']} {row['setting']}: recall@10, ms/query",
+                    "", f"{row['recall_at_10']:.3f}, {row['ms_per_query_median']:.2f}",
+                    f"{ratio(entry['exact']['ms_per_query_median'], row['ms_per_query_median']):.0f}x",
+                    f"build {row['build_s']:.0f} s, {row['index_mb']:.0f} MB")
+                best.setdefault(row["index"], row)
+            if "engine" in entry:
+                e = entry["engine"]
+                add(f"  similar_products exact vs FAISS, ms", f"{e['exact_ms']['median']:.1f}",
+                    f"{e['faiss_ms']['median']:.1f}", f"{ratio(e['exact_ms']['median'], e['faiss_ms']['median']):.0f}x",
+                    f"recall@10 {e['recall_at_10']:.3f} / filtered {e['recall_at_10_filtered']:.3f}")
+    widths = [max(len(str(line[i])) for line in lines) for i in range(5)]
+    for number, line in enumerate(lines):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+        if number == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+# ---------------------------------------------------------------------------
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few minutes: a sample of products, 10k and 100k synthetic")
+    parser.add_argument("--backbone", choices=helpers.BACKBONES, default=None,
+                        help="the backbone both methods use (default: the project's setting)")
+    parser.add_argument("--sample", type=int, default=None, metavar="N",
+                        help="products per gender for the side-by-side figures (quick default 64; full: all)")
+    parser.add_argument("--sizes", default=None, metavar="10000,100000",
+                        help="synthetic catalogue sizes (quick default 10000,100000; full adds 1000000)")
+    parser.add_argument("--skip", default="", metavar="side_by_side,main_job,scale",
+                        help="figures to leave out (side_by_side: extraction, memory, latency and quality)")
+    parser.add_argument("--output", type=Path, default=None, help="results file (default artifacts/bench/results.json)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(argv)
+    settings = helpers.get_settings(backbone=arguments.backbone)
+    per_gender = arguments.sample if arguments.sample else (64 if arguments.quick else None)
+    sizes = [int(size) for size in arguments.sizes.split(",")] if arguments.sizes \
+        else ([10_000, 100_000] if arguments.quick else [10_000, 100_000, 1_000_000])
+    skip = {name.strip() for name in arguments.skip.split(",") if name.strip()}
+    output = arguments.output or settings.artifacts_dir / "bench" / "results.json"
+    try:
+        helpers.load_backbone(settings.backbone, settings.weights)
+    except helpers.WeightsError as error:
+        print(f"benchmark.py: {error}", file=sys.stderr)
+        return 2
+    catalog = helpers.load_catalog(settings.data_dir)
+    products = sample_catalog(catalog, per_gender)
+    meta = {"mode": "quick" if arguments.quick else "full", "backbone": settings.backbone,
+            "catalog_products": len(catalog), "products": len(products), "cpus": os.cpu_count(),
+            "machine": platform.platform(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "versions": helpers.show_versions()}
+    report = Report(output, meta)
+    print(f"fashion-lens benchmark ({meta['mode']}): {settings.backbone}, {len(products)} products, "
+          f"results in {output}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="fashion-lens-bench-") as scratch:
+        scratch = Path(scratch)
+        project_index = None
+        if "side_by_side" not in skip:
+            figure, article_features, project_features = extraction(products, settings, scratch)
+            report.add("extraction", figure)
+            article_index = helpers.build_index(products, article_features)
+            project_index = helpers.build_index(products, project_features)
+            report.add("memory", memory(article_features, project_index, project_features))
+            del article_features
+            report.add("query_latency", query_latency(article_index, project_index))
+            report.add("quality", quality(article_index, project_index))
+            del article_index
+        if "main_job" not in skip:
+            report.add("main_job", main_job(settings, arguments.quick, 20, scratch))
+        if "scale" not in skip:
+            # the synthetic catalogues grow from the whole catalogue's descriptors (cached in the
+            # project's artifacts folder, computed there once if missing)
+            real_index = project_index if per_gender is None and project_index is not None \
+                else helpers.load_index(catalog, settings, progress=False)
+            for figure in scale(real_index, sizes):
+                report.add("scale", figure)
+    report.data["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    report.save()
+    print()
+    print_table(report.data)
+    print(f"\nresults: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

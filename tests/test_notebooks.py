@@ -1,0 +1,178 @@
+"""The chapters in notebooks/: committed stripped, shaped like chapters, free of logic, and they run.
+
+Every notebook is executed headless (papermill, through run_notebooks.py) on a small sample of
+the real catalogue with the real MobileNetV2 ImageNet weights, in a feature cache of its own, so
+the runs never depend on a full-catalogue cache being present.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import helpers
+import run_notebooks
+
+NOTEBOOKS = run_notebooks.notebook_paths()
+SAMPLE = 15  # products per gender: every method and plot runs, in a few minutes for all chapters
+PARAMETERS = {"BACKBONE": "mobilenet_v2", "SAMPLE": SAMPLE}
+ids = [path.stem for path in NOTEBOOKS]
+
+
+def read(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def code_cells(notebook):
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def outputs_of(notebook, mimetype: str) -> list:
+    return [output["data"][mimetype] for cell in code_cells(notebook) for output in cell.get("outputs", [])
+            if mimetype in output.get("data", {})]
+
+
+# ---- the committed notebooks -------------------------------------------------------------------
+
+def test_the_chapters_are_numbered_01_to_05_in_order():
+    assert [path.name[:2] for path in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_is_committed_without_outputs_or_execution_counts(path):
+    notebook = read(path)
+    dirty = [number for number, cell in enumerate(notebook.cells, start=1) if cell.cell_type == "code"
+             and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    assert not dirty, (f"{path.name}: cells {dirty} carry outputs or execution counts; strip them "
+                       "(Kernel > Restart Kernel and Clear Outputs, then save) before committing.")
+    assert "widgets" not in notebook.metadata, f"{path.name} carries saved widget state: strip it."
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_opens_like_a_chapter_and_ends_with_takeaways_and_the_next_link(path):
+    notebook = read(path)
+    number = path.name[:2]
+    opening = notebook.cells[0]
+    assert opening.cell_type == "markdown" and opening.source.startswith(f"# {number} · ")
+    assert "**You will learn:**" in opening.source
+
+    code = code_cells(notebook)
+    setup = code[0].source
+    assert "%autoreload 2" in setup and "import helpers as h" in setup and "h.show_versions()" in setup
+    tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[1], f"{path.name}: the second code cell must be the one tagged 'parameters'"
+    assert re.search(r"^BACKBONE = None\b", tagged[0].source, re.M) and re.search(r"^SAMPLE = None\b", tagged[0].source, re.M)
+
+    takeaways = [cell.source for cell in notebook.cells if cell.cell_type == "markdown" and "**Takeaways**" in cell.source]
+    assert len(takeaways) == 1
+    bullets = [line for line in takeaways[0].splitlines() if line.startswith("- ")]
+    assert len(bullets) == 3, f"{path.name}: Takeaways should have three bullets, found {len(bullets)}"
+    links = re.findall(r"\]\(([0-9]{2}_[a-z_]+\.ipynb)\)", takeaways[0])
+    assert links and all((path.parent / link).is_file() for link in links)
+    following = NOTEBOOKS[NOTEBOOKS.index(path) + 1] if path != NOTEBOOKS[-1] else None
+    if following:
+        assert following.name in links, f"{path.name} should end with a link to {following.name}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_defines_no_function_or_class_logic_belongs_in_helpers(path):
+    for number, cell in enumerate(read(path).cells, start=1):
+        if cell.cell_type != "code":
+            continue
+        python = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        tree = ast.parse(python)  # also proves every code cell is valid Python
+        defined = [type(node).__name__ for node in ast.walk(tree)
+                   if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef))]
+        assert not defined, f"{path.name} cell {number} defines {defined}: put that logic in helpers.py"
+
+
+def test_the_recommender_chapter_ends_with_the_interactive_widget():
+    notebook = read(Path(run_notebooks.NOTEBOOK_DIR) / "04_recommender.ipynb")
+    assert code_cells(notebook)[-1].source == "widget = h.recommender_widget(index)\nwidget"
+
+
+# ---- run_notebooks.py --------------------------------------------------------------------------
+
+def test_only_picks_chapters_by_number_and_rejects_unknown_ones():
+    assert [path.name[:2] for path in run_notebooks.notebook_paths("1, 03")] == ["01", "03"]
+    with pytest.raises(SystemExit, match="no notebook numbered 09"):
+        run_notebooks.notebook_paths("01,09")
+
+
+def test_a_failing_notebook_stops_the_run_naming_the_notebook_and_the_cell(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name, cells in {"01_fine": ["x = 1", "print(x)"], "02_broken": ["y = 2", "1 / 0", "print(y)"],
+                        "03_never": ["print('should not run')"]}.items():
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+        notebook.cells[0].metadata["tags"] = ["parameters"]
+        nbformat.write(notebook, folder / f"{name}.ipynb")
+    monkeypatch.setattr(run_notebooks, "NOTEBOOK_DIR", folder)
+    output = tmp_path / "out"
+
+    assert run_notebooks.main(["--output", str(output)]) == 1
+
+    message = capsys.readouterr().err
+    assert "02_broken.ipynb failed in code cell" in message and "1 / 0" in message and "ZeroDivisionError" in message
+    assert (output / "01_fine.ipynb").is_file() and (output / "01_fine.html").is_file()
+    failed = read(output / "02_broken.ipynb")  # kept for reading, with the traceback in the failing cell
+    assert any(out.get("output_type") == "error" for cell in code_cells(failed) for out in cell.outputs)
+    assert not (output / "03_never.ipynb").exists()
+    assert not list(output.glob(".*.running.ipynb"))
+
+
+# ---- every chapter runs on real photos with the real weights -------------------------------------
+
+@pytest.fixture(scope="module")
+def sample_artifacts(tmp_path_factory, catalog_dir, mobilenet_weights) -> Path:
+    """A feature cache of these runs' own (shared by the chapters, in order, like `make demo`)."""
+    return tmp_path_factory.mktemp("notebook-artifacts")
+
+
+@pytest.fixture(scope="module")
+def executed_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("executed")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_runs_headless_on_a_sample_of_real_photos(path, sample_artifacts, executed_dir, monkeypatch):
+    monkeypatch.setenv("FASHION_LENS_ARTIFACTS", str(sample_artifacts))  # the kernels inherit it
+
+    outputs = run_notebooks.run_notebook(path, executed_dir, PARAMETERS)  # raises, naming the cell, on any error
+
+    executed = read(outputs["notebook"])
+    assert all(cell.execution_count is not None for cell in code_cells(executed)), "every code cell ran"
+    assert executed.cells[0].source.splitlines()[0].lstrip("# ") in outputs["html"].read_text(encoding="utf-8")
+    if path.name[:2] in ("01", "03", "04", "05"):
+        assert outputs_of(executed, "image/png"), f"{path.name} should show photos or charts"
+
+
+def test_the_exported_html_carries_the_interactive_charts(sample_artifacts, executed_dir):
+    """The plotly charts must survive the HTML export (plotly.js embedded: no network needed)."""
+    for name in ("01_explore_the_catalogue", "03_feature_extraction"):
+        page = executed_dir / f"{name}.html"
+        if not page.exists():
+            pytest.skip(f"{name} was not executed in this session")
+        assert "Plotly.newPlot" in page.read_text(encoding="utf-8")
+
+
+def test_the_recommender_chapter_shows_the_engines_answer_and_the_widget(sample_artifacts, executed_dir, monkeypatch):
+    page = executed_dir / "04_recommender.ipynb"
+    if not page.exists():
+        pytest.skip("04_recommender was not executed in this session")
+    monkeypatch.setenv("FASHION_LENS_ARTIFACTS", str(sample_artifacts))
+    executed = read(page)
+    settings = helpers.get_settings(backbone="mobilenet_v2")
+    catalog = helpers.sample_catalog(helpers.load_catalog(settings.data_dir), per_gender=SAMPLE, keep=["13683"])
+    index = helpers.load_index(catalog, settings, progress=False)  # read back from the cache the notebook filled
+    expected = helpers.similar_products(index, "13683", k=5)["ProductId"].tolist()
+
+    table = next(cell for cell in code_cells(executed) if cell.source == 'results.drop(columns="image_path")')
+    shown = table.outputs[0]["data"]["text/plain"]  # rows: "<row>  <rank>  <ProductId>  ..."
+    assert re.findall(r"^\s*\d+\s+\d+\s+(\d+)\s", shown, re.M)[:len(expected)] == expected
+    widget_outputs = code_cells(executed)[-1].outputs
+    assert any("application/vnd.jupyter.widget-view+json" in output.get("data", {}) for output in widget_outputs)
