@@ -1109,6 +1109,7 @@ def fit_attribute_probes(catalog: pd.DataFrame, features: Features) -> tuple[dic
 # of the queries (README, "How it works").
 DEFAULT_COLOUR_WEIGHT = 0.4
 ATTRIBUTE_SHARE = 5 / 6
+SAME_PHOTO_SIMILARITY = 0.999  # visual cosine of a photo with itself (up to float16 rounding)
 CANDIDATE_POOL = 100  # large catalogues: FAISS proposes this many visual candidates to re-rank
 MAX_RESULTS = 100
 
@@ -1212,13 +1213,16 @@ def describe_photo(index: Index, image) -> Query:
     return Query(vector[0].astype(np.float32), colour[0], attributes)
 
 
-def colour_aware_similarity(index: Index, rows, query: Query) -> np.ndarray:
-    """Similarity in type-and-colour of the products at `rows` (a slice or positions) to the query."""
+def colour_aware_similarity(index: Index, rows, query: Query, visual: np.ndarray | None = None) -> np.ndarray:
+    """Similarity in type-and-colour of the products at `rows` (a slice or positions) to the query.
+    Given their visual similarities, a product showing the query's own photo counts as sharing both."""
     histogram = index.colours[rows] @ query.colour
     if index.attributes is None or query.attributes is None:
         return histogram
     shared = (index.attributes["ProductType"][rows] @ query.attributes["ProductType"]) \
         * (index.attributes["Colour"][rows] @ query.attributes["Colour"])
+    if visual is not None:  # the probes judge two photos as independent draws; one photo is one product
+        shared = np.where(visual >= SAME_PHOTO_SIMILARITY, 1.0, shared)
     return ATTRIBUTE_SHARE * shared + (1 - ATTRIBUTE_SHARE) * histogram
 
 
@@ -1278,7 +1282,7 @@ def _rank(index: Index, query: Query, rows: slice, k: int, exclude: np.ndarray |
         colour = np.zeros_like(visual)
     else:
         visual = candidates @ query.vector
-        colour = colour_aware_similarity(index, rows, query)
+        colour = colour_aware_similarity(index, rows, query, visual)
     score = (1 - colour_weight) * visual.astype(np.float64) + colour_weight * colour
     if mask is not None:
         score[~mask] = -np.inf
@@ -1619,14 +1623,14 @@ def _rank_with_faiss(index: Index, query: Query, rows: slice, k: int, exclude: n
             extra = np.flatnonzero(unseen & (colour >= needed - 1e-6))
             seen = np.concatenate([seen, extra])
             visual = np.concatenate([visual, exact_similarities(index.vectors, rows.start + extra, query.vector)])
-        colour = colour[seen]
+        colour = colour_aware_similarity(index, rows.start + seen, query, visual)
         score = (1 - colour_weight) * visual.astype(np.float64) + colour_weight * colour
     else:
         score = visual.astype(np.float64)
     top = np.argpartition(-score, min(k, len(score)) - 1)[:k]
     top = top[np.argsort(-score[top], kind="stable")]
     positions = rows.start + seen[top]
-    colour = colour[top] if colour_weight > 0 else colour_aware_similarity(index, positions, query)
+    colour = colour[top] if colour_weight > 0 else colour_aware_similarity(index, positions, query, visual[top])
     return positions, {"similarity": score[top], "visual_similarity": visual[top], "colour_similarity": colour}
 
 
@@ -1718,13 +1722,15 @@ def rank_all(index: Index, k: int = 5, colour_weight: float | None = None) -> np
             squared = (vectors.astype(np.float64) ** 2).sum(axis=1)
             scores = -np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2.0 * (vectors @ vectors.T), 0))
         else:
+            visual = vectors @ vectors.T
             colour = index.colours[rows] @ index.colours[rows].T
-            if index.attributes is not None:
+            if index.attributes is not None:  # colour_aware_similarity, for every pair at once
                 shared = np.ones_like(colour)
                 for probabilities in index.attributes.values():
                     shared *= probabilities[rows] @ probabilities[rows].T
+                shared[visual >= SAME_PHOTO_SIMILARITY] = 1.0
                 colour = ATTRIBUTE_SHARE * shared + (1 - ATTRIBUTE_SHARE) * colour
-            scores = (1 - colour_weight) * (vectors @ vectors.T).astype(np.float64) + colour_weight * colour
+            scores = (1 - colour_weight) * visual.astype(np.float64) + colour_weight * colour
         groups = index.groups[rows]
         scores[groups[:, None] == groups[None, :]] = -np.inf
         available = np.isfinite(scores).sum(axis=1)

@@ -45,6 +45,11 @@ def notebook_paths(only: str | None = None, folder: Path | None = None) -> list[
     return [path for path in paths if path.name[:2] in wanted]
 
 
+# Figures inline even when the caller runs with another matplotlib backend (importing Streamlit,
+# for one, sets MPLBACKEND=Agg for the whole process, and kernels inherit the environment).
+KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+
+
 def ensure_kernel() -> str:
     """Register (once) a kernel that runs this Python, inside its own environment, and return its name.
 
@@ -56,11 +61,11 @@ def ensure_kernel() -> str:
 
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
-        if spec.argv and Path(spec.argv[0]) == Path(sys.executable):
+        if spec.argv and Path(spec.argv[0]) == Path(sys.executable) and spec.env == KERNEL_ENV:
             return KERNEL_NAME
     except NoSuchKernel:
         pass
-    install(kernel_name=KERNEL_NAME, display_name="Python (fashion-lens)", prefix=sys.prefix)
+    install(kernel_name=KERNEL_NAME, display_name="Python (fashion-lens)", prefix=sys.prefix, env=KERNEL_ENV)
     return KERNEL_NAME
 
 

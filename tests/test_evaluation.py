@@ -73,10 +73,13 @@ def test_rank_all_agrees_with_similar_products_on_the_real_catalogue(index):
 
 
 def test_project_features_beat_random_ranking_on_the_real_catalogue(index):
+    assert index.attributes is not None  # the full catalogue gets its attribute probes
     scores = helpers.evaluate(index, k=5)
     rng = np.random.default_rng(0)
     shuffled = rng.permutation(len(index))
-    random_index = helpers.dataclasses.replace(index, vectors=index.vectors[shuffled], colours=index.colours[shuffled])
+    random_index = helpers.dataclasses.replace(
+        index, vectors=index.vectors[shuffled], colours=index.colours[shuffled],
+        attributes={target: probabilities[shuffled] for target, probabilities in index.attributes.items()})
     random_scores = helpers.evaluate(random_index, k=5)
     assert scores["P@5 ProductType"] > random_scores["P@5 ProductType"] + 0.2
 

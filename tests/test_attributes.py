@@ -1,0 +1,72 @@
+"""Attribute probes: held-out probabilities, cached with the features, refitted when labels change."""
+
+import numpy as np
+import pytest
+
+import helpers
+
+
+def _accuracy(probabilities, classes, labels):
+    return float((classes[probabilities.argmax(axis=1)] == labels).mean())
+
+
+def test_catalogue_probabilities_are_held_out_not_fitted_on_the_product(index, features):
+    inputs = helpers.probe_inputs(index.vectors, index.colours, index.recipe.pooling)
+    for target, model in index.attribute_models.items():
+        labels = index.catalog[target].to_numpy(dtype=str)
+        held_out = _accuracy(index.attributes[target], model.classes, labels)
+        in_sample = _accuracy(model.predict(inputs), model.classes, labels)
+        assert 0.5 < held_out < in_sample  # the probes learn, and what they saw they know better
+        assert np.allclose(index.attributes[target].sum(axis=1), 1, atol=1e-4)
+
+
+def test_uploaded_photo_gets_probabilities_from_the_full_probes(index):
+    row = helpers.product_row(index.catalog, "13683")
+    query = helpers.describe_photo(index, row["image_path"])
+    for target, probabilities in query.attributes.items():
+        classes = index.attribute_models[target].classes
+        assert classes[probabilities.argmax()] == row[target]
+
+
+@pytest.fixture
+def small(catalog_copy, settings, tmp_path):
+    catalog = helpers.load_catalog(catalog_copy)
+    features = helpers.extract_features(catalog, helpers.default_recipe(settings), artifacts_dir=tmp_path, progress=False)
+    return catalog, features
+
+
+def test_probes_are_cached_beside_the_features_and_reused(small, monkeypatch):
+    catalog, features = small
+    first = helpers.fit_attribute_probes(catalog, features)
+    assert len(list(features.cache_dir.glob("attributes-*.npz"))) == 1
+    monkeypatch.setattr(helpers, "_fit_probe", lambda *args: pytest.fail("refitted although cached"))
+    second = helpers.fit_attribute_probes(catalog, features)
+    for target in helpers.ATTRIBUTE_PROBES:
+        assert np.array_equal(first[0][target], second[0][target])
+
+
+def test_changed_labels_refit_the_probes(small):
+    catalog, features = small
+    helpers.fit_attribute_probes(catalog, features)
+    relabelled = catalog.copy()
+    relabelled.loc[0, "Colour"] = "Purple" if relabelled.loc[0, "Colour"] != "Purple" else "Black"
+    out_of_fold, models = helpers.fit_attribute_probes(relabelled, features)
+    assert len(list(features.cache_dir.glob("attributes-*.npz"))) == 2
+    assert relabelled.loc[0, "Colour"] in models["Colour"].classes
+
+
+def test_damaged_probe_file_is_refitted(small):
+    catalog, features = small
+    helpers.fit_attribute_probes(catalog, features)
+    path = next(features.cache_dir.glob("attributes-*.npz"))
+    path.write_bytes(b"garbage")
+    with pytest.warns(helpers.FeatureCacheWarning, match="damaged"):
+        out_of_fold, _ = helpers.fit_attribute_probes(catalog, features)
+    assert out_of_fold["ProductType"].shape[0] == len(features)
+
+
+def test_small_catalogues_and_reference_features_search_without_probes(small):
+    catalog, features = small
+    assert helpers.build_index(catalog, features).attributes is None  # fewer than ATTRIBUTE_MIN_PRODUCTS
+    forced = helpers.build_index(catalog, features, attributes=True)
+    assert set(forced.attributes) == set(helpers.ATTRIBUTE_PROBES)
