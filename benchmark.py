@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -287,7 +288,8 @@ def measure_index(name, faiss_index, settings_list, vectors, queries, truth) -> 
     return rows
 
 
-def scale(real_index: helpers.Index, sizes: list[int], seed: int = 1) -> dict:
+def scale(real_index: helpers.Index, sizes: list[int], seed: int = 1) -> Iterator[dict]:
+    """Synthetic catalogues grown from the real descriptors: yields the figure after each size."""
     figure = {"unit": "ms/query, MB, s", "dimensions": int(real_index.vectors.shape[1]),
               "generator": "helpers.synthetic_vectors: real descriptors moved within their 8-neighbour span "
                            "(spread 1.0) plus noise 0.1, L2-normalised",
@@ -311,7 +313,21 @@ def scale(real_index: helpers.Index, sizes: list[int], seed: int = 1) -> dict:
                                                       f"{available_memory_bytes() / 2**30:.0f} GiB available"}
         else:
             figure["sizes"][str(size)] = scale_one(real_index, size, queries, seed)
+            _extrapolate_exact(figure["sizes"])
         yield figure
+
+
+def _extrapolate_exact(sizes: dict) -> None:
+    """float16 storage slows the exact search (conversion per query): also give the float32 time
+    a machine with room for it would see, from the largest float32 size measured (linear in N)."""
+    measured = [entry for entry in sizes.values() if entry.get("storage") == "float32"]
+    if not measured:
+        return
+    base = max(measured, key=lambda entry: entry["products"])
+    for entry in sizes.values():
+        if entry.get("storage") == "float16":
+            entry["exact"]["float32_extrapolated_ms"] = \
+                base["exact"]["ms_per_query_median"] * entry["products"] / base["products"]
 
 
 def scale_one(real_index: helpers.Index, size: int, queries: np.ndarray, seed: int) -> dict:
@@ -371,8 +387,8 @@ def scale_one(real_index: helpers.Index, size: int, queries: np.ndarray, seed: i
 
 
 def engine_search(synthetic: helpers.Index, seed: int = 0) -> dict:
-    """similar_products on a synthetic catalogue: the exact product against the FAISS path (same
-    API, gender slice, filters, colour re-ranking), ranking core and full call."""
+    """similar_products on a synthetic catalogue (full call, k=10): the exact product against the
+    FAISS path (same API, gender slice, filters, colour blend); recall@10 of the FAISS path's answers."""
     rng = np.random.default_rng(seed)
     ids = list(rng.choice(synthetic.catalog["ProductId"], 100, replace=False))
     attached, threshold = synthetic.faiss_index, helpers.FAISS_MIN_PRODUCTS
@@ -443,7 +459,9 @@ def print_table(data: dict) -> None:
             if "skipped" in entry:
                 add(f"scale {int(size):,}", "", f"skipped: {entry['skipped']}", "")
                 continue
-            add(f"scale {int(size):,}: exact, ms/query ({entry['storage']})", "", f"{entry['exact']['ms_per_query_median']:.1f}", "")
+            extrapolated = entry["exact"].get("float32_extrapolated_ms")
+            add(f"scale {int(size):,}: exact, ms/query ({entry['storage']})", "", f"{entry['exact']['ms_per_query_median']:.1f}", "",
+                f"float32 would be ~{extrapolated:.0f} (extrapolated)" if extrapolated else "")
             best = {}
             for row in entry["indexes"]:
                 add(f"  {row['index']} {row['setting']}: recall@10, ms/query",
