@@ -1110,6 +1110,7 @@ def fit_attribute_probes(catalog: pd.DataFrame, features: Features) -> tuple[dic
 DEFAULT_COLOUR_WEIGHT = 0.4
 ATTRIBUTE_SHARE = 5 / 6
 SAME_PHOTO_SIMILARITY = 0.999  # visual cosine of a photo with itself (up to float16 rounding)
+PAIR_SCORES_MAX_ROWS = 5_000  # per gender: two float32 matrices of at most 100 MB
 CANDIDATE_POOL = 100  # large catalogues: FAISS proposes this many visual candidates to re-rank
 MAX_RESULTS = 100
 
@@ -1134,6 +1135,9 @@ class Index:
     faiss_index: object | None = dataclasses.field(default=None, repr=False)  # see attach_faiss_index
     attributes: dict[str, np.ndarray] | None = None          # out-of-fold attribute probabilities per row
     attribute_models: dict[str, AttributeModel] | None = None  # probes for new photos
+    # per gender slice (start, stop): its (visual, colour-aware) similarity matrices, for catalogues
+    # small enough to keep every pair: a product query then reads one row instead of multiplying
+    pair_scores: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
 
     def __len__(self) -> int:
         return len(self.catalog)
@@ -1150,7 +1154,7 @@ class Query:
     vector: np.ndarray
     colour: np.ndarray
     attributes: dict[str, np.ndarray] | None = None
-    product: pd.Series | None = None  # the catalogue row of a product query (for explanations only)
+    position: int | None = None  # the index row of a product query (None for a photo)
 
 
 def build_index(catalog: pd.DataFrame, features: Features, attributes: bool | None = None) -> Index:
@@ -1175,7 +1179,7 @@ def build_index(catalog: pd.DataFrame, features: Features, attributes: bool | No
         count = int((rows["Gender"] == gender).sum())
         gender_rows[gender] = slice(start, start + count)
         start += count
-    return Index(
+    index = Index(
         catalog=rows,
         vectors=np.ascontiguousarray(features.vectors[order], dtype=np.float32),
         colours=np.ascontiguousarray(features.colours[order], dtype=np.float32),
@@ -1187,6 +1191,9 @@ def build_index(catalog: pd.DataFrame, features: Features, attributes: bool | No
         feature_cache_dir=features.cache_dir,
         **(_attribute_fields(catalog, features, order) if attributes else {}),
     )
+    if not index.is_reference and max(s.stop - s.start for s in gender_rows.values()) <= PAIR_SCORES_MAX_ROWS:
+        index.pair_scores = {(s.start, s.stop): pair_similarities(index, s) for s in gender_rows.values()}
+    return index
 
 
 def _attribute_fields(catalog: pd.DataFrame, features: Features, order: np.ndarray) -> dict:
@@ -1198,7 +1205,7 @@ def _attribute_fields(catalog: pd.DataFrame, features: Features, order: np.ndarr
 def product_query(index: Index, position: int) -> Query:
     """The query for the product at `position`: its descriptors and held-out attribute probabilities."""
     attributes = None if index.attributes is None else {t: p[position] for t, p in index.attributes.items()}
-    return Query(index.vectors[position], index.colours[position], attributes, index.catalog.loc[position])
+    return Query(index.vectors[position], index.colours[position], attributes, position)
 
 
 def describe_photo(index: Index, image) -> Query:
@@ -1269,6 +1276,21 @@ def _filter_mask(index: Index, rows: slice, filters: dict) -> np.ndarray | None:
     return mask
 
 
+def pair_similarities(index: Index, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Visual and colour-aware similarities of every pair of products in `rows` (as
+    colour_aware_similarity computes them, for all queries at once)."""
+    vectors = index.vectors[rows]
+    visual = vectors @ vectors.T
+    colour = index.colours[rows] @ index.colours[rows].T
+    if index.attributes is not None:
+        shared = np.ones_like(colour)
+        for probabilities in index.attributes.values():
+            shared *= probabilities[rows] @ probabilities[rows].T
+        shared[visual >= SAME_PHOTO_SIMILARITY] = 1.0
+        colour = ATTRIBUTE_SHARE * shared + (1 - ATTRIBUTE_SHARE) * colour
+    return visual.astype(np.float32), colour.astype(np.float32)
+
+
 def _rank(index: Index, query: Query, rows: slice, k: int, exclude: np.ndarray | None,
           mask: np.ndarray | None, colour_weight: float) -> tuple[np.ndarray, dict]:
     """Top-k rows (absolute positions) within `rows`, best first, and their scores."""
@@ -1280,6 +1302,8 @@ def _rank(index: Index, query: Query, rows: slice, k: int, exclude: np.ndarray |
 
         visual = -pairwise_distances(candidates, query.vector.reshape(1, -1)).ravel()
         colour = np.zeros_like(visual)
+    elif index.pair_scores is not None and query.position is not None and (rows.start, rows.stop) in index.pair_scores:
+        visual, colour = (matrix[query.position - rows.start] for matrix in index.pair_scores[(rows.start, rows.stop)])
     else:
         visual = candidates @ query.vector
         colour = colour_aware_similarity(index, rows, query, visual)
@@ -1362,7 +1386,8 @@ def _search(index: Index, query: Query, k, rows: slice, exclude, filters: dict, 
     if min_similarity is not None:
         results = results[results["similarity"] >= float(min_similarity)].reset_index(drop=True)
     results.insert(0, "rank", np.arange(1, len(results) + 1))
-    results["why"] = [explain_similarity(query.product, row, index.colours[position], query.colour)
+    product = None if query.position is None else index.catalog.loc[query.position]
+    results["why"] = [explain_similarity(product, row, index.colours[position], query.colour)
                       for position, (_, row) in zip(positions, results.iterrows())]
     return results
 
@@ -1725,14 +1750,7 @@ def rank_all(index: Index, k: int = 5, colour_weight: float | None = None) -> np
             squared = (vectors.astype(np.float64) ** 2).sum(axis=1)
             scores = -np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2.0 * (vectors @ vectors.T), 0))
         else:
-            visual = vectors @ vectors.T
-            colour = index.colours[rows] @ index.colours[rows].T
-            if index.attributes is not None:  # colour_aware_similarity, for every pair at once
-                shared = np.ones_like(colour)
-                for probabilities in index.attributes.values():
-                    shared *= probabilities[rows] @ probabilities[rows].T
-                shared[visual >= SAME_PHOTO_SIMILARITY] = 1.0
-                colour = ATTRIBUTE_SHARE * shared + (1 - ATTRIBUTE_SHARE) * colour
+            visual, colour = (index.pair_scores or {}).get((rows.start, rows.stop)) or pair_similarities(index, rows)
             scores = (1 - colour_weight) * visual.astype(np.float64) + colour_weight * colour
         groups = index.groups[rows]
         scores[groups[:, None] == groups[None, :]] = -np.inf

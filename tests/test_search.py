@@ -140,3 +140,14 @@ def test_filters_that_match_nothing_give_an_empty_result(index):
 def test_non_image_upload_is_refused(index):
     with pytest.raises(helpers.ImageError, match="not an image"):
         helpers.similar_to_image(index, b"plain text")
+
+
+def test_precomputed_pairs_answer_exactly_like_the_matrix_product(index):
+    assert index.pair_scores is not None  # the catalogue is small enough to keep every pair
+    computed = helpers.dataclasses.replace(index, pair_scores=None)
+    for product_id in index.catalog["ProductId"].iloc[::211]:
+        for options in ({}, {"colour_weight": 0.0}, {"colour_weight": 1.0, "k": 12}, {"usage": "Casual"}):
+            fast = helpers.similar_products(index, product_id, **options)
+            slow = helpers.similar_products(computed, product_id, **options)
+            assert list(fast["ProductId"]) == list(slow["ProductId"])
+            assert np.allclose(fast["similarity"], slow["similarity"], atol=1e-5)
