@@ -161,12 +161,14 @@ def memory(article: helpers.Features, project_index: helpers.Index, project: hel
 
 def query_latency(article_index: helpers.Index, project_index: helpers.Index, seed: int = 0) -> dict:
     """The article's search (pairwise_distances over flattened maps, recomputed per query) against
-    the project's (one matrix-vector product over the gender slice), on the same query products.
-    "core": ranking only; "full call": similar_products, which also builds the result DataFrame."""
+    the project's, on the same query products. "core": ranking a catalogue product (the project
+    reads its row of precomputed within-gender similarities); "photo core": ranking a described
+    photo (one matrix-vector product over the gender slice); "full call": similar_products,
+    which also builds the result DataFrame."""
     rng = np.random.default_rng(seed)
     ids = list(rng.choice(project_index.catalog["ProductId"], QUERIES, replace=QUERIES > len(project_index)))
 
-    def core(index, filtered):
+    def core(index, filtered, photo=False):
         def call(product_id):
             position = index.positions[product_id]
             rows = index.gender_rows[index.catalog.at[position, "Gender"]]
@@ -175,7 +177,10 @@ def query_latency(article_index: helpers.Index, project_index: helpers.Index, se
                        "Colour": None, "Usage": None}
             mask = helpers._filter_mask(index, rows, filters)
             weight = 0.0 if index.is_reference else helpers.DEFAULT_COLOUR_WEIGHT
-            helpers._rank(index, helpers.product_query(index, position), rows, 5, exclude, mask, weight)
+            query = helpers.product_query(index, position)
+            if photo:  # the same descriptors, as an uploaded photo: no precomputed row to read
+                query = helpers.dataclasses.replace(query, position=None)
+            helpers._rank(index, query, rows, 5, exclude, mask, weight)
         return call
 
     def full(index, filtered):
@@ -186,7 +191,8 @@ def query_latency(article_index: helpers.Index, project_index: helpers.Index, se
 
     figure = {"unit": "ms", "queries": QUERIES, "products": len(project_index), "target_ratio": TARGETS["latency"],
               "filter": "ProductType = the query's own"}
-    for kind, make in (("core", core), ("full_call", full)):
+    photo_core = lambda index, filtered: core(index, filtered, photo=True)  # noqa: E731
+    for kind, make in (("core", core), ("photo_core", photo_core), ("full_call", full)):
         for filtered in (False, True):
             key = f"{kind}{'_filtered' if filtered else ''}"
             print(f"  timing {key} ...", flush=True)
@@ -197,6 +203,19 @@ def query_latency(article_index: helpers.Index, project_index: helpers.Index, se
                            "ratio_median": ratio(article["median"], project["median"]),
                            "ratio_p95": ratio(article["p95"], project["p95"])}
     figure["meets_target"] = figure["core"]["ratio_median"] >= TARGETS["latency"]
+    return figure
+
+
+def widget_latency(project_index: helpers.Index, seed: int = 0) -> dict:
+    """Kernel-side time of the recommender widget's interactions, from the cached features."""
+    rng = np.random.default_rng(seed)
+    ids = list(rng.choice(project_index.catalog["ProductId"], QUERIES, replace=QUERIES > len(project_index)))
+    widget = helpers.recommender_widget(project_index, product_id=ids[0])
+    figure = {"unit": "ms", "interactions": QUERIES, "products": len(project_index), "target_ms": 100}
+    for name, call in (("new product", widget.query_product), ("same query, new settings", lambda _: widget.run_query()),
+                       ("back", lambda _: widget.back())):
+        figure[name] = latencies_ms(call, ids)
+    figure["meets_target"] = all(figure[name]["p95"] < 100 for name in ("new product", "same query, new settings", "back"))
     return figure
 
 
@@ -436,11 +455,17 @@ def print_table(data: dict) -> None:
     if "query_latency" in figures:
         f = figures["query_latency"]
         for key, label in (("core", "ranking"), ("core_filtered", "ranking, filtered"),
+                           ("photo_core", "ranking a photo"), ("photo_core_filtered", "ranking a photo, filtered"),
                            ("full_call", "similar_products call"), ("full_call_filtered", "call, filtered")):
             row = f[key]
             add(f"query {label}, ms median / p95", f"{row['article_median']:.2f} / {row['article_p95']:.2f}",
                 f"{row['project_median']:.3f} / {row['project_p95']:.3f}", f"{row['ratio_median']:.0f}x",
                 f">= {f['target_ratio']:.0f}x" if key == "core" else "")
+    if "widget_latency" in figures:
+        f = figures["widget_latency"]
+        for name in ("new product", "same query, new settings", "back"):
+            add(f"widget: {name}, ms median / p95", "", f"{f[name]['median']:.1f} / {f[name]['p95']:.1f}", "",
+                f"< {f['target_ms']} ms")
     if "quality" in figures:
         f = figures["quality"]
         for column in f["project"]:
@@ -531,6 +556,7 @@ def main(argv=None) -> int:
             report.add("memory", memory(article_features, project_index, project_features))
             del article_features
             report.add("query_latency", query_latency(article_index, project_index))
+            report.add("widget_latency", widget_latency(project_index))
             report.add("quality", quality(article_index, project_index))
             del article_index
         if "main_job" not in skip:
