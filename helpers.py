@@ -1444,10 +1444,11 @@ def explain_similarity(query: pd.Series | None, result: pd.Series, result_colour
 # Large catalogues: a FAISS index proposes candidates, exact dot products rank them
 # ----------------------------------------------------------------------------
 # The exact search reads every descriptor of the query's slice (20 KB per product at 5120
-# numbers): benchmark.py measured about 2.3 ms per 1000 products scanned on 2 cores (23 ms for
-# 10k, 255 ms for 100k), so from FAISS_MIN_PRODUCTS on (a gender slice of ~5000: over 10 ms) a
-# query would cost more than an interactive answer should. There a FAISS index, cached beside the
-# features, proposes candidates: descriptors compressed by PCA to 256 numbers, an IVF with
+# numbers): benchmark.py measured 0.8 to 2.3 ms per 1000 products scanned on 2 cores, idle to
+# busy (10k: 7-23 ms, 100k: 78-255 ms), so from FAISS_MIN_PRODUCTS on (gender slices of ~5000,
+# where the precomputed pair scores stop) a query would cost 4-12 ms and growing, while FAISS
+# stays at 1-2 ms (similar_products at 100k: 27 ms exact, 6 ms FAISS). There a FAISS index,
+# cached beside the features, proposes candidates: descriptors compressed by PCA to 256 numbers, an IVF with
 # ~4 sqrt(N) lists, 32 of them visited (1M synthetic products: recall@10 0.993 at 1.9 ms/query,
 # built in 2 min, 1 GB), and exact dot products on the full descriptors rank the candidates:
 # same scores, filters and colour blend. Below the threshold the exact search stays exact and
