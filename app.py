@@ -1,9 +1,9 @@
 """fashion-lens web app: products that look like a catalogue product or like your own photo.
 
 Start it with `make app` (or `python -m streamlit run app.py`) and open http://localhost:8501.
-Settings come from the environment, as everywhere in the project (helpers.get_settings):
+Settings come from the environment, as everywhere in the project (get_settings):
 FASHION_LENS_DATA, FASHION_LENS_ARTIFACTS, FASHION_LENS_BACKBONE, FASHION_LENS_WEIGHTS.
-All ranking and loading lives in helpers.py; this file is only the page.
+All ranking and loading lives in the package fashion_lens; this file is only the page.
 """
 
 from __future__ import annotations
@@ -14,15 +14,20 @@ import warnings
 import pandas as pd
 import streamlit as st
 
-import helpers
+from fashion_lens.catalog import FILTER_COLUMNS, GENDERS, MAX_MATCHES, find_products, product_row
+from fashion_lens.errors import CatalogError, ImageError, SearchError, SettingsError, WeightsError
+from fashion_lens.features import load_backbone
+from fashion_lens.images import load_image, thumbnail
+from fashion_lens.index import DEFAULT_COLOUR_WEIGHT, Index, load_index
+from fashion_lens.search import MAX_SHOWN, similar_products, similar_to_image
+from fashion_lens.settings import ENVIRONMENT_VARIABLES, RANDOM_WEIGHTS, Settings, get_settings
 
-MAX_SHOWN = 20  # a page of results; the engine itself allows up to helpers.MAX_RESULTS
 GRID_COLUMNS = 5
 ALL_GENDERS = "All genders"
 # similar_products / similar_to_image keyword for each filter column
 FILTER_ARGUMENTS = {"SubCategory": "subcategory", "ProductType": "product_type", "Colour": "colour", "Usage": "usage"}
 # What can go wrong before the first query: each carries a message saying what to do.
-LOADING_ERRORS = (helpers.SettingsError, helpers.CatalogError, helpers.WeightsError)
+LOADING_ERRORS = (SettingsError, CatalogError, WeightsError)
 
 st.set_page_config(page_title="fashion-lens", page_icon="👗", layout="wide")
 st.set_option("client.toolbarMode", "minimal")  # no "Deploy" button: this is a local tool
@@ -38,7 +43,7 @@ st.html("""<style>
 def load_search_index(data_dir: str, artifacts_dir: str, backbone: str, weights: str):
     """Catalogue + features + index, once per process and settings. Missing features are computed
     here, with a progress bar (first start only); the warnings met on the way are returned for the page."""
-    settings = helpers.get_settings(data_dir, artifacts_dir, backbone, weights)
+    settings = get_settings(data_dir, artifacts_dir, backbone, weights)
     progress = {"bar": None, "percent": -1}
 
     def draw_progress(done: int, total: int) -> None:
@@ -54,7 +59,7 @@ def load_search_index(data_dir: str, artifacts_dir: str, backbone: str, weights:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            index = helpers.load_index(settings=settings, progress=False, on_progress=draw_progress)
+            index = load_index(settings=settings, progress=False, on_progress=draw_progress)
     finally:
         if progress["bar"] is not None:
             progress["bar"].empty()
@@ -65,10 +70,10 @@ def load_search_index(data_dir: str, artifacts_dir: str, backbone: str, weights:
 @st.cache_resource(show_spinner="Preparing the network for photos (first photo only)…")
 def load_network(backbone: str, weights: str):
     """The backbone, built before the first photo arrives so that answering a photo is quick."""
-    return helpers.load_backbone(backbone, weights)
+    return load_backbone(backbone, weights)
 
 
-def show_engine(settings: helpers.Settings, index: helpers.Index | None = None) -> None:
+def show_engine(settings: Settings, index: Index | None = None) -> None:
     """Which network and weights produce the results (the sidebar's footer)."""
     st.sidebar.divider()
     st.sidebar.subheader("Engine")
@@ -78,18 +83,18 @@ def show_engine(settings: helpers.Settings, index: helpers.Index | None = None) 
                            f"weights {index.recipe.weights} · catalogue {settings.data_dir}")
 
 
-def search_options(index: helpers.Index) -> dict | None:
+def search_options(index: Index) -> dict | None:
     """The sidebar: number of results, colour weight, filters. None when k is unusable."""
     st.sidebar.header("Search options")
     k = st.sidebar.number_input("Number of results", value=5, step=1, key="k",
                                 help=f"From 1 to {MAX_SHOWN}.")
     colour_weight = st.sidebar.slider(
-        "Colour weight", 0.0, 1.0, float(helpers.DEFAULT_COLOUR_WEIGHT), 0.05, key="colour_weight",
-        disabled=index.is_reference,
+        "Colour weight", 0.0, 1.0, float(DEFAULT_COLOUR_WEIGHT), 0.05, key="colour_weight",
+        disabled=index.metric == "euclidean",
         help="0 ranks by shape and texture alone (the network); 1 by colour alone.")
     st.sidebar.subheader("Filters")
     filters = {}
-    for column in helpers.FILTER_COLUMNS:
+    for column in FILTER_COLUMNS:
         chosen = st.sidebar.multiselect(column, sorted(index.codes[column].categories), key=f"filter_{column}",
                                         placeholder="any")
         if chosen:
@@ -110,7 +115,7 @@ def describe_filters(filters: dict) -> str:
     return "; ".join(f"{column} {' or '.join(values)}" for column, values in filters.items())
 
 
-def pick_product(index: helpers.Index) -> pd.Series | None:
+def pick_product(index: Index) -> pd.Series | None:
     """The query product, from a ProductId or from words of its title."""
     text = st.text_input("ProductId or words from the title", value=index.catalog["ProductId"].iloc[0],
                          key="product_query", placeholder="e.g. 42419, or: sports shoes").strip()
@@ -120,18 +125,18 @@ def pick_product(index: helpers.Index) -> pd.Series | None:
         return None
     if text.isdigit():
         try:
-            return helpers.product_row(index.catalog, text)
+            return product_row(index.catalog, text)
         except KeyError as error:
             st.error(error.args[0])
             return None
-    matches = helpers.find_products(index.catalog, text, limit=50)
+    matches = find_products(index.catalog, text, limit=MAX_MATCHES)
     if matches.empty:
         st.warning(f"No product title contains “{text}”. Try fewer or other words, or a ProductId.")
         return None
-    chosen = st.selectbox(f"{len(matches)} products match “{text}”{' (first 50)' if len(matches) == 50 else ''}",
+    chosen = st.selectbox(f"{len(matches)} products match “{text}”{f' (first {MAX_MATCHES})' if len(matches) == MAX_MATCHES else ''}",
                           matches["ProductId"].tolist(), key="title_match",
-                          format_func=lambda pid: f"{helpers.product_row(matches, pid)['ProductTitle']} · {pid}")
-    return helpers.product_row(index.catalog, chosen)
+                          format_func=lambda pid: f"{product_row(matches, pid)['ProductTitle']} · {pid}")
+    return product_row(index.catalog, chosen)
 
 
 def show_query(image, caption: str, heading: str, details: str) -> None:
@@ -159,12 +164,12 @@ def show_results(results: pd.DataFrame, seconds: float, where: str, filters: dic
                     st.markdown(f"**#{item['rank']}** · similarity **{item['similarity']:.2f}**")
                     st.caption(item["why"])
     with st.expander("Results as a table"):
-        st.dataframe(results[["rank", "ProductId", "ProductTitle", "Gender", *helpers.FILTER_COLUMNS, "similarity",
+        st.dataframe(results[["rank", "ProductId", "ProductTitle", "Gender", *FILTER_COLUMNS, "similarity",
                               "visual_similarity", "colour_similarity", "why"]],
                      hide_index=True, key="results_table")
 
 
-def product_page(index: helpers.Index, options: dict) -> None:
+def product_page(index: Index, options: dict) -> None:
     box, switch = st.columns([3, 1], vertical_alignment="bottom")
     with box:
         query = pick_product(index)
@@ -178,39 +183,39 @@ def product_page(index: helpers.Index, options: dict) -> None:
                f"Searching **{where}**" + ("." if across else " (the product's gender)."))
     started = time.perf_counter()
     try:
-        results = helpers.similar_products(index, query["ProductId"], across_genders=across, **engine_arguments(options))
-    except (KeyError, helpers.SearchError) as error:
+        results = similar_products(index, query["ProductId"], across_genders=across, **engine_arguments(options))
+    except (KeyError, SearchError) as error:
         st.error(error.args[0])
         return
     show_results(results, time.perf_counter() - started, where, options["filters"])
 
 
-def photo_page(index: helpers.Index, options: dict, settings: helpers.Settings) -> None:
+def photo_page(index: Index, options: dict, settings: Settings) -> None:
     box, scope = st.columns([3, 1])
     upload = box.file_uploader("A photo of a product (JPEG or PNG)", type=["jpg", "jpeg", "png"], key="photo")
-    gender = scope.selectbox("Search among", [ALL_GENDERS, *helpers.GENDERS], key="photo_gender")
+    gender = scope.selectbox("Search among", [ALL_GENDERS, *GENDERS], key="photo_gender")
     try:
         load_network(settings.backbone, settings.weights)
-    except helpers.WeightsError as error:
+    except WeightsError as error:
         st.error(str(error))
         return
     if upload is None:
         st.info("Upload a photo: the app finds the catalogue products that look most like it.")
         return
     try:
-        photo = helpers.load_image(upload.getvalue(), name=upload.name)
-    except helpers.ImageError as error:
+        photo = load_image(upload.getvalue(), name=upload.name)
+    except ImageError as error:
         st.error(str(error))
         return
     where = "all genders" if gender == ALL_GENDERS else f"{gender} products"
-    show_query(helpers.thumbnail(photo), f"Your photo · {upload.name}", "Your photo",
+    show_query(thumbnail(photo), f"Your photo · {upload.name}", "Your photo",
                f"`{upload.name}` · {photo.width}×{photo.height} pixels  \nSearching **{where}**.")
     started = time.perf_counter()
     try:
         with st.spinner("Reading your photo…"):
-            results = helpers.similar_to_image(index, photo, gender=None if gender == ALL_GENDERS else gender,
+            results = similar_to_image(index, photo, gender=None if gender == ALL_GENDERS else gender,
                                                **engine_arguments(options))
-    except (helpers.ImageError, helpers.SearchError, helpers.WeightsError) as error:
+    except (ImageError, SearchError, WeightsError) as error:
         st.error(str(error))
         return
     show_results(results, time.perf_counter() - started, where, options["filters"])
@@ -220,14 +225,14 @@ def main() -> None:
     st.title("fashion-lens")
     st.caption("Find the catalogue products that look most like a product, or like your own photo.")
     try:
-        settings = helpers.get_settings()
-    except helpers.SettingsError as error:
+        settings = get_settings()
+    except SettingsError as error:
         st.error(str(error))
         return
-    if settings.weights == helpers.RANDOM_WEIGHTS:
+    if settings.weights == RANDOM_WEIGHTS:
         show_engine(settings)
         st.sidebar.error("Untrained network: no recommendations.")
-        st.error(f"{helpers.ENVIRONMENT_VARIABLES['weights']}=random builds an untrained network: its rankings "
+        st.error(f"{ENVIRONMENT_VARIABLES['weights']}=random builds an untrained network: its rankings "
                  "are meaningless, so the app shows none. Unset it (or set it to imagenet, or to the path of a "
                  "weights file) and restart the app.")
         return

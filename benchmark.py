@@ -13,6 +13,8 @@ Figures vary by about +-30 % between runs on shared machines: compare within one
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import platform
@@ -29,7 +31,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pandas as pd
 
-import helpers
+from fashion_lens.ann import FAISS_PCA_DIMENSIONS, FAISS_PROBES, build_faiss_index, candidate_count, exact_similarities, faiss_candidates, faiss_index_spec
+from fashion_lens.catalog import load_catalog
+from fashion_lens.errors import WeightsError
+from fashion_lens.evaluation import compare_methods
+from fashion_lens.feature_cache import Features, extract_features
+from fashion_lens.features import default_recipe, load_backbone, reference_recipe, resolve_recipe, run_network
+from fashion_lens.images import IMAGE_SIZE
+from fashion_lens.index import APPROXIMATE_SEARCH_MIN_PRODUCTS, DEFAULT_COLOUR_WEIGHT, Index, build_index, load_index, product_query
+from fashion_lens.search import check_colour_weight, filter_mask, rank, similar_products
+from fashion_lens.settings import BACKBONES, get_settings, show_versions
+from fashion_lens.storage import atomic_write
+from fashion_lens.widget import recommender_widget
+from synthetic import synthetic_index, synthetic_vectors
 
 PROJECT_DIR = Path(__file__).resolve().parent
 RESULTS_FORMAT = 1
@@ -92,7 +106,7 @@ class Report:
 
     def save(self) -> None:
         self.data["meta"]["peak_memory_mb"] = round(peak_memory_mb(), 1)
-        with helpers.atomic_write(self.path, "w") as handle:
+        with atomic_write(self.path, "w") as handle:
             json.dump(self.data, handle, indent=1, default=_plain)
 
 
@@ -117,17 +131,17 @@ def sample_catalog(catalog: pd.DataFrame, per_gender: int | None, seed: int = 0)
     return pd.concat(parts).sort_index()
 
 
-def extraction(products: pd.DataFrame, settings, scratch: Path) -> tuple[dict, helpers.Features, helpers.Features]:
+def extraction(products: pd.DataFrame, settings, scratch: Path) -> tuple[dict, Features, Features]:
     """Images/s of the article's recipe (batch 1, model.predict, 1/255, flatten) and the project's
     (batch 32, threaded decoding, preprocess_input, 2x2 grid), each into an empty cache."""
-    recipes = {"article": helpers.reference_recipe(settings), "project": helpers.default_recipe(settings)}
-    warm = np.zeros((1, helpers.IMAGE_SIZE, helpers.IMAGE_SIZE, 3), dtype=np.uint8)
+    recipes = {"article": reference_recipe(settings), "project": default_recipe(settings)}
+    warm = np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     for recipe, batch in ((recipes["article"], 1), (recipes["project"], 32)):  # build the network and
-        helpers.run_network(np.repeat(warm, batch, axis=0), helpers.resolve_recipe(recipe))  # its kernels first
+        run_network(np.repeat(warm, batch, axis=0), resolve_recipe(recipe))  # its kernels first
     features, seconds = {}, {}
     for name, recipe in recipes.items():
         print(f"  extracting {len(products)} photos the {name}'s way ...", flush=True)
-        features[name], seconds[name] = timed(helpers.extract_features, products, recipe,
+        features[name], seconds[name] = timed(extract_features, products, recipe,
                                               artifacts_dir=scratch / name, progress=False)
     rates = {name: len(products) / seconds[name] for name in recipes}
     figure = {
@@ -142,7 +156,7 @@ def extraction(products: pd.DataFrame, settings, scratch: Path) -> tuple[dict, h
     return figure, features["article"], features["project"]
 
 
-def memory(article: helpers.Features, project_index: helpers.Index, project: helpers.Features) -> dict:
+def memory(article: Features, project_index: Index, project: Features) -> dict:
     count = len(article)
     figure = {
         "unit": "MB", "products": count,
@@ -159,7 +173,7 @@ def memory(article: helpers.Features, project_index: helpers.Index, project: hel
     return figure
 
 
-def query_latency(article_index: helpers.Index, project_index: helpers.Index, seed: int = 0) -> dict:
+def query_latency(article_index: Index, project_index: Index, seed: int = 0) -> dict:
     """The article's search (pairwise_distances over flattened maps, recomputed per query) against
     the project's, on the same query products. "core": ranking a catalogue product (the project
     reads its row of precomputed within-gender similarities); "photo core": ranking a described
@@ -175,18 +189,18 @@ def query_latency(article_index: helpers.Index, project_index: helpers.Index, se
             exclude = np.flatnonzero(index.groups[rows] == index.groups[position])
             filters = {"SubCategory": None, "ProductType": index.catalog.at[position, "ProductType"] if filtered else None,
                        "Colour": None, "Usage": None}
-            mask = helpers._filter_mask(index, rows, filters)
-            weight = 0.0 if index.is_reference else helpers.DEFAULT_COLOUR_WEIGHT
-            query = helpers.product_query(index, position)
+            mask = filter_mask(index, rows, filters)
+            weight = check_colour_weight(index, None)
+            query = product_query(index, position)
             if photo:  # the same descriptors, as an uploaded photo: no precomputed row to read
-                query = helpers.dataclasses.replace(query, position=None)
-            helpers._rank(index, query, rows, 5, exclude, mask, weight)
+                query = dataclasses.replace(query, position=None)
+            rank(index, query, rows, 5, exclude, mask, weight)
         return call
 
     def full(index, filtered):
         def call(product_id):
             product_type = index.catalog.at[index.positions[product_id], "ProductType"] if filtered else None
-            helpers.similar_products(index, product_id, k=5, product_type=product_type)
+            similar_products(index, product_id, k=5, product_type=product_type)
         return call
 
     figure = {"unit": "ms", "queries": QUERIES, "products": len(project_index), "target_ratio": TARGETS["latency"],
@@ -206,11 +220,11 @@ def query_latency(article_index: helpers.Index, project_index: helpers.Index, se
     return figure
 
 
-def widget_latency(project_index: helpers.Index, seed: int = 0) -> dict:
+def widget_latency(project_index: Index, seed: int = 0) -> dict:
     """Kernel-side time of the recommender widget's interactions, from the cached features."""
     rng = np.random.default_rng(seed)
     ids = list(rng.choice(project_index.catalog["ProductId"], QUERIES, replace=QUERIES > len(project_index)))
-    widget = helpers.recommender_widget(project_index, product_id=ids[0])
+    widget = recommender_widget(project_index, product_id=ids[0])
     figure = {"unit": "ms", "interactions": QUERIES, "products": len(project_index), "target_ms": 100}
     for name, call in (("new product", widget.query_product), ("same query, new settings", lambda _: widget.run_query()),
                        ("back", lambda _: widget.back())):
@@ -219,10 +233,10 @@ def widget_latency(project_index: helpers.Index, seed: int = 0) -> dict:
     return figure
 
 
-def quality(article_index: helpers.Index, project_index: helpers.Index) -> dict:
-    table = helpers.compare_methods({"article": article_index, "project": project_index})
+def quality(article_index: Index, project_index: Index) -> dict:
+    table = compare_methods({"article": article_index, "project": project_index})
     return {"unit": "precision@5 / mAP@5 (within gender, query and its copies excluded)",
-            "products": len(project_index), "colour_weight": helpers.DEFAULT_COLOUR_WEIGHT,
+            "products": len(project_index), "colour_weight": DEFAULT_COLOUR_WEIGHT,
             **{method: {column: float(value) for column, value in row.items()} for method, row in table.iterrows()}}
 
 
@@ -287,14 +301,14 @@ def index_bytes(faiss_index) -> int:
 def measure_index(name, faiss_index, settings_list, vectors, queries, truth) -> list[dict]:
     """recall@10 and ms/query as the engine searches: FAISS proposes 50 candidates, the exact dot
     products on the full descriptors re-rank them."""
-    pool = max(2 * NEIGHBOURS, NEIGHBOURS + 40)
+    pool = candidate_count(NEIGHBOURS)
     rows = []
     for setting in settings_list:
         found, faiss_only = [], []
 
-        def search(query):
-            candidates = helpers.faiss_candidates(faiss_index, query, pool, probes=setting)
-            exact = helpers.exact_similarities(vectors, candidates, query)
+        def search(query, setting=setting, found=found, faiss_only=faiss_only):
+            candidates = faiss_candidates(faiss_index, query, pool, probes=setting)
+            exact = exact_similarities(vectors, candidates, query)
             found.append(candidates[np.argsort(-exact)[:NEIGHBOURS]])
             faiss_only.append(candidates[:NEIGHBOURS])
 
@@ -307,14 +321,14 @@ def measure_index(name, faiss_index, settings_list, vectors, queries, truth) -> 
     return rows
 
 
-def scale(real_index: helpers.Index, sizes: list[int], seed: int = 1) -> Iterator[dict]:
+def scale(real_index: Index, sizes: list[int], seed: int = 1) -> Iterator[dict]:
     """Synthetic catalogues grown from the real descriptors: yields the figure after each size."""
     figure = {"unit": "ms/query, MB, s", "dimensions": int(real_index.vectors.shape[1]),
-              "generator": "helpers.synthetic_vectors: real descriptors moved within their 8-neighbour span "
+              "generator": "synthetic_vectors: real descriptors moved within their 8-neighbour span "
                            "(spread 1.0) plus noise 0.1, L2-normalised",
-              "queries": QUERIES, "rerank_pool": max(2 * NEIGHBOURS, NEIGHBOURS + 40),
-              "threshold_products": helpers.FAISS_MIN_PRODUCTS, "product_index": helpers.faiss_index_spec(10**6),
-              "product_probes": helpers.FAISS_PROBES, "target_recall": TARGETS["scale_recall"],
+              "queries": QUERIES, "rerank_pool": candidate_count(NEIGHBOURS),
+              "threshold_products": APPROXIMATE_SEARCH_MIN_PRODUCTS, "product_index": faiss_index_spec(10**6),
+              "product_probes": FAISS_PROBES, "target_recall": TARGETS["scale_recall"],
               "target_ms": TARGETS["scale_ms"], "sizes": {}}
     real = real_index.vectors
     real_similarities = real @ real.T
@@ -323,7 +337,7 @@ def scale(real_index: helpers.Index, sizes: list[int], seed: int = 1) -> Iterato
     figure["real_neighbour_similarity_median"] = {"1st": float(np.median(real_top[:, 0])),
                                                   "10th": float(np.median(real_top[:, -1]))}
     del real_similarities
-    queries = np.concatenate([part[1] for part in helpers.synthetic_vectors(real, QUERIES, seed=seed + 1000)])
+    queries = np.concatenate([part[1] for part in synthetic_vectors(real, QUERIES, seed=seed + 1000)])
     for size in sizes:
         print(f"  synthetic catalogue of {size:,} products ...", flush=True)
         need = size * real.shape[1] * 2 * 1.4 + 3e9
@@ -349,14 +363,14 @@ def _extrapolate_exact(sizes: dict) -> None:
                 base["exact"]["ms_per_query_median"] * entry["products"] / base["products"]
 
 
-def scale_one(real_index: helpers.Index, size: int, queries: np.ndarray, seed: int) -> dict:
+def scale_one(real_index: Index, size: int, queries: np.ndarray, seed: int) -> dict:
     """Up to 100k: a synthetic Index (float32, as the engine holds it), also searched through
     similar_products; above: float16 vectors generated in chunks (float32 would need 20 GB at 1M)."""
     entry = {"products": size}
     synthetic = None
     start = time.perf_counter()
     if size <= 100_000:
-        synthetic = helpers.synthetic_index(real_index, size, seed=seed)
+        synthetic = synthetic_index(real_index, size, seed=seed)
         vectors = synthetic.vectors
         truth = None
         for offset in range(0, size, 65_536):
@@ -364,7 +378,7 @@ def scale_one(real_index: helpers.Index, size: int, queries: np.ndarray, seed: i
     else:
         vectors = np.empty((size, real_index.vectors.shape[1]), dtype=np.float16)
         truth, offset = None, 0
-        for _, part in helpers.synthetic_vectors(real_index.vectors, size, seed=seed, chunk=32_768):
+        for _, part in synthetic_vectors(real_index.vectors, size, seed=seed, chunk=32_768):
             vectors[offset:offset + len(part)] = part
             truth = running_top(queries, part, offset, truth)
             offset += len(part)
@@ -376,18 +390,18 @@ def scale_one(real_index: helpers.Index, size: int, queries: np.ndarray, seed: i
     truth = truth[1]
 
     exact_queries = list(queries[: QUERIES if size <= 10_000 else (50 if size <= 100_000 else 5)])
-    timing = latencies_ms(lambda query: exact_top(vectors, query), exact_queries, warm_up=2)
+    timing = latencies_ms(functools.partial(exact_top, vectors), exact_queries, warm_up=2)
     entry["exact"] = {"ms_per_query_median": timing["median"], "ms_per_query_p95": timing["p95"],
                       "queries": timing["queries"], "recall_at_10": 1.0,
                       "note": "numpy matrix-vector product" if vectors.dtype == np.float32
                       else "float16 converted in 65k-row chunks per query"}
 
     entry["indexes"] = []
-    ivf_spec = helpers.faiss_index_spec(size)
-    hnsw_spec = f"PCA{helpers.FAISS_PCA_DIMENSIONS},HNSW32"
+    ivf_spec = faiss_index_spec(size)
+    hnsw_spec = f"PCA{FAISS_PCA_DIMENSIONS},HNSW32"
     for spec, settings_list in ((ivf_spec, IVF_PROBES), (hnsw_spec, HNSW_EF)):
         print(f"    building {spec} ...", flush=True)
-        faiss_index, build_seconds = timed(helpers.build_faiss_index, vectors, spec)
+        faiss_index, build_seconds = timed(build_faiss_index, vectors, spec)
         rows = measure_index(spec, faiss_index, settings_list, vectors, queries, truth)
         memory_mb = index_bytes(faiss_index) / 1e6
         for row in rows:
@@ -397,7 +411,7 @@ def scale_one(real_index: helpers.Index, size: int, queries: np.ndarray, seed: i
             synthetic.faiss_index = faiss_index  # the engine's own index at this size: reuse it
             entry["engine"] = engine_search(synthetic)
         del faiss_index
-    chosen = [row for row in entry["indexes"] if row["index"] == ivf_spec and row["setting"] == helpers.FAISS_PROBES]
+    chosen = [row for row in entry["indexes"] if row["index"] == ivf_spec and row["setting"] == FAISS_PROBES]
     entry["chosen"] = chosen[0] if chosen else None
     entry["speedup_chosen_vs_exact"] = ratio(entry["exact"]["ms_per_query_median"],
                                              chosen[0]["ms_per_query_median"]) if chosen else None
@@ -405,30 +419,25 @@ def scale_one(real_index: helpers.Index, size: int, queries: np.ndarray, seed: i
     return entry
 
 
-def engine_search(synthetic: helpers.Index, seed: int = 0) -> dict:
+def engine_search(synthetic: Index, seed: int = 0) -> dict:
     """similar_products on a synthetic catalogue (full call, k=10): the exact product against the
     FAISS path (same API, gender slice, filters, colour blend); recall@10 of the FAISS path's answers."""
     rng = np.random.default_rng(seed)
     ids = list(rng.choice(synthetic.catalog["ProductId"], 100, replace=False))
-    attached, threshold = synthetic.faiss_index, helpers.FAISS_MIN_PRODUCTS
+    # the same products two ways: an exact copy (never approximate) beside the FAISS path
+    paths = {"exact": dataclasses.replace(synthetic, faiss_index=None, approximate_from=10**12), "faiss": synthetic}
     result = {"queries": len(ids)}
     for filtered in (False, True):
-        def call(product_id):
-            product_type = synthetic.catalog.at[synthetic.positions[product_id], "ProductType"] if filtered else None
-            return helpers.similar_products(synthetic, product_id, k=NEIGHBOURS, product_type=product_type)
-
         answers = {}
-        for path in ("exact", "faiss"):
-            synthetic.faiss_index = attached if path == "faiss" else None
-            helpers.FAISS_MIN_PRODUCTS = threshold if path == "faiss" else 10**12
-            try:
-                answers[path] = [call(product_id)["ProductId"].tolist() for product_id in ids]
-                result[f"{path}{'_filtered' if filtered else ''}_ms"] = latencies_ms(call, ids)
-            finally:
-                helpers.FAISS_MIN_PRODUCTS = threshold
+        for path, index in paths.items():
+            def call(product_id, index=index, filtered=filtered):
+                product_type = index.catalog.at[index.positions[product_id], "ProductType"] if filtered else None
+                return similar_products(index, product_id, k=NEIGHBOURS, product_type=product_type)
+
+            answers[path] = [call(product_id)["ProductId"].tolist() for product_id in ids]
+            result[f"{path}{'_filtered' if filtered else ''}_ms"] = latencies_ms(call, ids)
         overlap = [len(set(a) & set(b)) / max(1, len(a)) for a, b in zip(answers["exact"], answers["faiss"])]
         result[f"recall_at_10{'_filtered' if filtered else ''}"] = float(np.mean(overlap))
-    synthetic.faiss_index = attached
     return result
 
 
@@ -496,7 +505,7 @@ def print_table(data: dict) -> None:
                 best.setdefault(row["index"], row)
             if "engine" in entry:
                 e = entry["engine"]
-                add(f"  similar_products exact vs FAISS, ms", f"{e['exact_ms']['median']:.1f}",
+                add("  similar_products exact vs FAISS, ms", f"{e['exact_ms']['median']:.1f}",
                     f"{e['faiss_ms']['median']:.1f}", f"{ratio(e['exact_ms']['median'], e['faiss_ms']['median']):.0f}x",
                     f"recall@10 {e['recall_at_10']:.3f} / filtered {e['recall_at_10_filtered']:.3f}")
     widths = [max(len(str(line[i])) for line in lines) for i in range(5)]
@@ -511,7 +520,7 @@ def print_table(data: dict) -> None:
 def parse_arguments(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few minutes: a sample of products, 10k and 100k synthetic")
-    parser.add_argument("--backbone", choices=helpers.BACKBONES, default=None,
+    parser.add_argument("--backbone", choices=BACKBONES, default=None,
                         help="the backbone both methods use (default: the project's setting)")
     parser.add_argument("--sample", type=int, default=None, metavar="N",
                         help="products per gender for the side-by-side figures (quick default 64; full: all)")
@@ -525,23 +534,23 @@ def parse_arguments(argv=None):
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
-    settings = helpers.get_settings(backbone=arguments.backbone)
+    settings = get_settings(backbone=arguments.backbone)
     per_gender = arguments.sample if arguments.sample else (64 if arguments.quick else None)
     sizes = [int(size) for size in arguments.sizes.split(",")] if arguments.sizes \
         else ([10_000, 100_000] if arguments.quick else [10_000, 100_000, 1_000_000])
     skip = {name.strip() for name in arguments.skip.split(",") if name.strip()}
     output = arguments.output or settings.artifacts_dir / "bench" / "results.json"
     try:
-        helpers.load_backbone(settings.backbone, settings.weights)
-    except helpers.WeightsError as error:
+        load_backbone(settings.backbone, settings.weights)
+    except WeightsError as error:
         print(f"benchmark.py: {error}", file=sys.stderr)
         return 2
-    catalog = helpers.load_catalog(settings.data_dir)
+    catalog = load_catalog(settings.data_dir)
     products = sample_catalog(catalog, per_gender)
     meta = {"mode": "quick" if arguments.quick else "full", "backbone": settings.backbone,
             "catalog_products": len(catalog), "products": len(products), "cpus": os.cpu_count(),
             "machine": platform.platform(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "versions": helpers.show_versions()}
+            "versions": show_versions()}
     report = Report(output, meta)
     print(f"fashion-lens benchmark ({meta['mode']}): {settings.backbone}, {len(products)} products, "
           f"results in {output}", flush=True)
@@ -551,8 +560,8 @@ def main(argv=None) -> int:
         if "side_by_side" not in skip:
             figure, article_features, project_features = extraction(products, settings, scratch)
             report.add("extraction", figure)
-            article_index = helpers.build_index(products, article_features)
-            project_index = helpers.build_index(products, project_features)
+            article_index = build_index(products, article_features)
+            project_index = build_index(products, project_features)
             report.add("memory", memory(article_features, project_index, project_features))
             del article_features
             report.add("query_latency", query_latency(article_index, project_index))
@@ -565,7 +574,7 @@ def main(argv=None) -> int:
             # the synthetic catalogues grow from the whole catalogue's descriptors (cached in the
             # project's artifacts folder, computed there once if missing)
             real_index = project_index if per_gender is None and project_index is not None \
-                else helpers.load_index(catalog, settings, progress=False)
+                else load_index(catalog, settings, progress=False)
             for figure in scale(real_index, sizes):
                 report.add("scale", figure)
     report.data["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -4,50 +4,39 @@
     python download_data.py --from PATH      # copy a local catalogue folder instead
     python download_data.py --from PATH --link   # or make the data folder a symlink to it
 
-The destination is the project's data folder (data/fashion, or $FASHION_LENS_DATA); --dest
-overrides it. Every downloaded file is verified before it is moved into place:
-
-- against --checksums FILE_OR_URL (lines "<sha256>  <path>", the ORIGINALS.sha256 format), or
-- against ORIGINALS.sha256 in the destination folder, if there is one, or
-- against the git blob ids of the pinned source commit, from the GitHub API.
-
-After a complete download the sha256 of every file is written to ORIGINALS.sha256 in the
-destination, so a re-run checks the files offline, skips the ones already in place and says
-"already complete" when nothing is missing. Files are written as hidden `.<name>.part` files next
-to their final place and renamed only once verified: an interrupted run never leaves half a file
-under a real name, and the next run resumes the part (HTTP Range) where the server allows it.
-
-A file already in the destination that does not verify is never overwritten without --replace.
-A folder that already holds a complete catalogue of other files (every image present, none of
-them an original: a resized copy, say) is kept and reported, so `make data` also works on a
-folder named by FASHION_LENS_DATA; when only the GitHub API could tell, and it is unreachable,
-a complete folder is kept with a note that it was not checked.
-
-Only the standard library talks to the network (urllib, with a timeout).
+The destination is data/fashion (or $FASHION_LENS_DATA, or --dest). pooch fetches each file and
+retries a dropped, stalled or 5xx transfer; every file is verified before it goes into place,
+against --checksums FILE_OR_URL (the ORIGINALS.sha256 format), else dest/ORIGINALS.sha256, else the
+git blob ids of the pinned source commit (GitHub API). A complete download records ORIGINALS.sha256,
+so a re-run checks offline and fetches only what is missing. Files are written under the hidden
+dest/.download and renamed into place once verified: an interrupted run leaves no half file under
+a real name. A file in place that does not verify is kept unless --replace; a folder holding a
+complete other copy (resized photos, say) is kept and reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import csv
 import dataclasses
+import filecmp
 import hashlib
-import http.client
+import io
 import json
+import logging
 import os
 import re
 import shutil
-import ssl
 import sys
-import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+
+import pooch
+import requests
 
 import helpers
 
@@ -58,18 +47,17 @@ DEFAULT_BASE_URL = f"https://raw.githubusercontent.com/{SOURCE_REPO}/{SOURCE_COM
 DEFAULT_API_URL = "https://api.github.com"
 CSV_NAME = "fashion.csv"
 CHECKSUMS_NAME = "ORIGINALS.sha256"
-# Besides fashion.csv and the images, --from also copies these small files when the source has them.
-EXTRA_FILES = ("README.md", "duplicate_groups.csv")
-PART_SUFFIX = ".part"
+STAGING_NAME = ".download"  # hidden folder in the destination where files are written first
+EXTRA_FILES = ("README.md", "duplicate_groups.csv")  # --from also copies these when the source has them
 DEFAULT_WORKERS = 8
-DEFAULT_TIMEOUT = 30.0  # seconds without an answer (per connection attempt and per read)
-ATTEMPTS = 3  # tries per file for transient failures (timeouts, dropped connections, HTTP 5xx)
-USER_AGENT = "fashion-lens-download/1.0 (+python urllib)"
+DEFAULT_TIMEOUT = 30.0  # seconds without an answer or data before a try counts as stalled
+ATTEMPTS = 3  # tries per file (pooch's retry_if_failed + 1): a stall gives up after ~ATTEMPTS x timeout + 3 s
+USER_AGENT = f"fashion-lens-download/2.0 (pooch {pooch.__version__})"
 OFFLINE_ADVICE = "if this machine is offline, copy a local catalogue with --from PATH or set FASHION_LENS_DATA"
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_LISTED = 10  # file names quoted in an error message
-# A connection that timed out or broke during a transfer (local file errors are plain OSError).
-TRANSFER_ERRORS = (TimeoutError, ConnectionError, http.client.HTTPException, ssl.SSLError)
+
+FileHashes = collections.namedtuple("FileHashes", "sha256 git_blob size")
 
 
 class DownloadError(RuntimeError):
@@ -77,26 +65,15 @@ class DownloadError(RuntimeError):
 
 
 class NetworkError(DownloadError):
-    """A server could not be reached or the connection broke (not an HTTP error answer)."""
+    """A server could not be reached, or the connection broke or stalled (not an HTTP error answer)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Expected:
-    """What a file must hash to: a sha256 or a git blob id (sha1 of b"blob <size>\\0" + content)."""
+class _FileFailure(Exception):
+    """One file could not be put in place. Not a ValueError or RequestException: pooch passes it on untried."""
 
-    kind: str  # "sha256" or "git-blob"
-    digest: str
-
-    def matches(self, hashes: FileHashes) -> bool:
-        actual = hashes.sha256 if self.kind == "sha256" else hashes.git_blob
-        return actual == self.digest.lower()
-
-
-@dataclasses.dataclass(frozen=True)
-class FileHashes:
-    sha256: str
-    git_blob: str
-    size: int
+    def __init__(self, relative: str, reason: str, conflict: bool = False):
+        super().__init__(f"{relative}: {reason}")
+        self.relative, self.reason, self.conflict = relative, reason, conflict
 
 
 @dataclasses.dataclass
@@ -114,18 +91,21 @@ class Report:
     def __str__(self) -> str:
         return self.message
 
+    def tally(self, relative: str, status: str) -> None:
+        if status == "fetched":
+            self.fetched += 1
+            self.bytes_fetched += (self.dest / relative).stat().st_size
+        else:
+            self.skipped += 1
 
-# ============================================================================
-# Hashing and checksum lists
-# ============================================================================
+
+# -- Hashes and checksum lists: {path: "sha256:<hex>" or "git-blob:<hex>"} --------------------------
 
 
 def hash_file(path) -> FileHashes:
-    """The sha256 and the git blob id of a file, in one read."""
-    path = Path(path)
-    size = path.stat().st_size
-    sha256, git_blob = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
-    read = 0
+    """The sha256 and the git blob id (sha1 of b"blob <size>\\0" + content) of a file, in one read."""
+    size = os.stat(path).st_size
+    sha256, git_blob, read = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size), 0
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             sha256.update(block)
@@ -136,8 +116,13 @@ def hash_file(path) -> FileHashes:
     return FileHashes(sha256.hexdigest(), git_blob.hexdigest(), size)
 
 
-def parse_checksums(text: str, source: str) -> dict[str, Expected]:
-    """Read a sha256 list ("<sha256>  <path>" per line, as sha256sum writes it) into {path: Expected}."""
+def _matches(expected: str, hashes: FileHashes) -> bool:
+    kind, digest = expected.split(":")
+    return (hashes.sha256 if kind == "sha256" else hashes.git_blob) == digest
+
+
+def parse_checksums(text: str, source: str) -> dict[str, str]:
+    """Read a sha256 list ("<sha256>  <path>" per line, as sha256sum writes it)."""
     expected = {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -149,36 +134,26 @@ def parse_checksums(text: str, source: str) -> dict[str, Expected]:
                 f"{source} line {number} is not '<sha256>  <path>': {line[:80]!r}. "
                 f"Give a checksum list in the {CHECKSUMS_NAME} format (what `sha256sum` prints)."
             )
-        path = match.group(2).strip().removeprefix("./")
-        expected[path] = Expected("sha256", match.group(1).lower())
+        expected[match.group(2).strip().removeprefix("./")] = f"sha256:{match.group(1).lower()}"
     if not expected:
         raise DownloadError(f"{source} lists no checksums. Give a list in the {CHECKSUMS_NAME} format.")
     return expected
 
 
-def format_checksums(sha256_by_path: dict[str, str]) -> str:
-    return "".join(f"{digest}  {path}\n" for path, digest in sorted(sha256_by_path.items()))
-
-
-def load_checksums(checksums, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Expected]:
+def load_checksums(checksums, timeout: float = DEFAULT_TIMEOUT) -> dict[str, str]:
     """Read a checksum list from a file path or an http(s) URL."""
-    text_source = str(checksums)
-    if re.match(r"https?://", text_source):
-        data = fetch_bytes(text_source, timeout, what="the checksum list")
-        return parse_checksums(data.decode("utf-8", errors="replace"), text_source)
+    if re.match(r"https?://", str(checksums)):
+        text = fetch_bytes(str(checksums), timeout, what="the checksum list").decode("utf-8", errors="replace")
+        return parse_checksums(text, str(checksums))
     path = Path(checksums).expanduser()
     if not path.is_file():
         raise DownloadError(f"Checksum list {path} does not exist. Give an existing file or an http(s) URL to --checksums.")
     return parse_checksums(path.read_text(encoding="utf-8", errors="replace"), str(path))
 
 
-def git_tree_url(api_url: str = DEFAULT_API_URL, repo: str = SOURCE_REPO, commit: str = SOURCE_COMMIT) -> str:
-    return f"{api_url.rstrip('/')}/repos/{repo}/git/trees/{commit}?recursive=1"
-
-
-def load_git_tree(api_url: str = DEFAULT_API_URL, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Expected]:
+def load_git_tree(api_url: str = DEFAULT_API_URL, timeout: float = DEFAULT_TIMEOUT) -> dict[str, str]:
     """The git blob id of every file of the source folder at the pinned commit, from the GitHub API."""
-    url = git_tree_url(api_url)
+    url = f"{api_url.rstrip('/')}/repos/{SOURCE_REPO}/git/trees/{SOURCE_COMMIT}?recursive=1"
     data = fetch_bytes(url, timeout, what="the file list of the source commit (GitHub API)", api=True)
     try:
         tree = json.loads(data)
@@ -187,91 +162,149 @@ def load_git_tree(api_url: str = DEFAULT_API_URL, timeout: float = DEFAULT_TIMEO
         raise DownloadError(f"{url} did not answer with a git tree ({error}). Pass a checksum list with --checksums.") from error
     prefix = SOURCE_FOLDER + "/"
     expected = {
-        entry["path"][len(prefix):]: Expected("git-blob", str(entry["sha"]).lower())
+        entry["path"][len(prefix):]: f"git-blob:{str(entry['sha']).lower()}"
         for entry in entries
         if isinstance(entry, dict) and entry.get("type") == "blob" and str(entry.get("path", "")).startswith(prefix)
     }
-    if tree.get("truncated"):
-        # GitHub cuts very large trees; the files it left out are reported as unverifiable later.
+    if tree.get("truncated"):  # GitHub cuts very large trees; the files left out are reported unverifiable
         warnings.warn(f"{url} returned a truncated tree; files it leaves out cannot be verified.", stacklevel=2)
     if not expected:
         raise DownloadError(f"{url} lists no files under {prefix}. Pass a checksum list with --checksums.")
     return expected
 
 
-# ============================================================================
-# HTTP
-# ============================================================================
+# -- HTTP: pooch's HTTPDownloader (requests) --------------------------------------------------------
 
 
-def _request(url: str, headers: dict | None = None, timeout: float = DEFAULT_TIMEOUT):
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
-    return urllib.request.urlopen(request, timeout=timeout)
+def _http_downloader(timeout: float, **headers) -> pooch.HTTPDownloader:
+    # requests' timeout bounds the connection and every read: a server that stops sending fails the try.
+    return pooch.HTTPDownloader(chunk_size=1 << 16, timeout=timeout, headers={"User-Agent": USER_AGENT, **headers})
 
 
-def _unreachable(url: str, error) -> NetworkError:
-    host = urllib.parse.urlsplit(url).netloc or url
-    reason = getattr(error, "reason", None) or error
-    return NetworkError(f"cannot reach {host}: {reason}; {OFFLINE_ADVICE}.")
+def _http_text(error: requests.HTTPError, url: str) -> str:
+    status, reason = error.response.status_code, error.response.reason
+    return f"not found on the server (HTTP 404 for {url})" if status == 404 else f"HTTP {status} {reason} for {url}"
+
+
+def _network_error(url: str, error: requests.RequestException, timeout: float, tries: int = 1) -> NetworkError:
+    host, tried = urllib.parse.urlsplit(url).netloc or url, f"{tries} tr{'ies' if tries > 1 else 'y'}"
+    if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
+        return NetworkError(
+            f"{host} sent nothing for {timeout:g} s ({tried}, {url}): the download stalled. Re-run later to resume "
+            f"(finished files are kept) or allow longer with --timeout; {OFFLINE_ADVICE}."
+        )
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return NetworkError(f"{host} broke off the transfer of {url} ({tried}). Re-run later to resume (finished files are kept); {OFFLINE_ADVICE}.")
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(error))  # requests nests the OS's reason deep in its text
+    return NetworkError(f"cannot reach {host}: {found.group(1) if found else type(error).__name__}; {OFFLINE_ADVICE}.")
 
 
 def fetch_bytes(url: str, timeout: float = DEFAULT_TIMEOUT, what: str = "", api: bool = False) -> bytes:
     """GET a small resource in memory, turning failures into DownloadError with advice."""
-    headers = {"Accept": "application/vnd.github+json"} if api else {}
+    buffer = io.BytesIO()
     try:
-        with _request(url, headers, timeout) as response:
-            return response.read()
-    except urllib.error.HTTPError as error:
+        _http_downloader(timeout, **({"Accept": "application/vnd.github+json"} if api else {}))(url, buffer, None)
+    except requests.HTTPError as error:
+        status = error.response.status_code
         hint = " Pass a checksum list with --checksums." if api else ""
-        if api and error.code in (403, 429):
+        if api and status in (403, 429):
             hint = " The GitHub API limits anonymous requests per hour: retry later, or pass a checksum list with --checksums."
-        raise DownloadError(f"Could not get {what or url}: HTTP {error.code} {error.reason} from {url}.{hint}") from error
-    except (urllib.error.URLError, *TRANSFER_ERRORS) as error:
-        raise _unreachable(url, error) from error
+        raise DownloadError(f"Could not get {what or url}: HTTP {status} {error.response.reason} from {url}.{hint}") from error
+    except requests.RequestException as error:
+        raise _network_error(url, error, timeout) from error
+    return buffer.getvalue()
 
 
-def _part_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}{PART_SUFFIX}")
+class _Downloader:
+    """pooch's HTTPDownloader for one file, then its check. pooch retries every failure, a 404 and a
+    checksum mismatch too (3 downloads and 3 s of waits per file: some 20 minutes for a checksum list
+    that does not fit the server); raising _FileFailure here makes those final. The check also covers
+    git blob ids, which pooch's known_hash cannot express."""
+
+    def __init__(self, http: pooch.HTTPDownloader, relative: str, expected: str):
+        self.http, self.relative, self.expected, self.sha256 = http, relative, expected, ""
+
+    def __call__(self, url: str, output_file: str, pooch_instance) -> None:
+        try:
+            self.http(url, output_file, pooch_instance)
+        except requests.HTTPError as error:
+            if error.response.status_code < 500 and error.response.status_code not in (408, 429):
+                raise _FileFailure(self.relative, _http_text(error, url)) from None
+            raise
+        hashes = hash_file(output_file)
+        if not _matches(self.expected, hashes):
+            kind, digest = self.expected.split(":")
+            raise _FileFailure(self.relative, f"its bytes do not match the expected checksum ({kind} {digest[:12]}..., got {hashes.size} bytes from {url})")
+        self.sha256 = hashes.sha256
 
 
-def _download_to(url: str, part: Path, timeout: float, stop: threading.Event, counter) -> bool:
-    """Download `url` into `part`, resuming an existing part with a Range request when the server
-    allows it. Returns True when the bytes were appended to an earlier part."""
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+@contextlib.contextmanager
+def _quiet_pooch():
+    """pooch logs every download on stderr; the progress bar and the summary say enough."""
+    logger, level = pooch.get_logger(), pooch.get_logger().level
+    logger.setLevel(logging.WARNING)
     try:
-        response = _request(url, headers, timeout)
-    except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:  # the part already holds the whole file (or is bogus): verify it
-            return True
-        raise
-    with response:
-        resumed = bool(offset) and response.status == 206 and \
-            response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
-        length = response.headers.get("Content-Length")
-        written = 0
-        with open(part, "ab" if resumed else "wb") as handle:
-            while block := response.read(1 << 16):
-                if stop.is_set():
-                    raise KeyboardInterrupt
-                handle.write(block)
-                written += len(block)
-                counter(len(block))
-            handle.flush()
-            os.fsync(handle.fileno())  # on disk before it is renamed into place
-        if length is not None and length.isdigit() and written != int(length):
-            raise ConnectionError(f"the connection closed after {written} of {length} bytes")
-    return resumed
+        yield
+    finally:
+        logger.setLevel(level)
 
 
-# ============================================================================
-# The catalogue's file list
-# ============================================================================
+# -- The destination ---------------------------------------------------------------------------------
+
+
+class _Staging:
+    """dest/.download, where files are written before they are renamed into place. A killed run
+    leaves only this folder; entering and leaving the `with` block deletes it."""
+
+    def __init__(self, dest: Path):
+        self.dest, self.root = dest, dest / STAGING_NAME
+        mask = os.umask(0)  # the only way to read the umask; done before any worker thread starts
+        os.umask(mask)
+        self.file_mode = 0o666 & ~mask
+
+    def __enter__(self) -> _Staging:
+        shutil.rmtree(self.root, ignore_errors=True)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def path(self, relative: str) -> Path:
+        # Its folder is made here: pooch's check-then-create of the folder races between threads.
+        staged = self.root / relative
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        return staged
+
+    def commit(self, staged: Path, relative: str) -> None:
+        """Rename a complete file into place, once on disk and readable like any other file."""
+        with open(staged, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(staged, self.file_mode)  # pooch's temporary files are private (0600)
+        (self.dest / relative).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, self.dest / relative)
+
+
+def _resolve_dest(dest) -> Path:
+    if dest is None:
+        try:
+            dest = helpers.get_settings().data_dir
+        except ValueError as error:  # helpers' SettingsError: a FASHION_LENS_* variable it cannot use
+            raise DownloadError(f"{error} Or name the catalogue folder with --dest.") from None
+    return Path(os.path.abspath(Path(dest).expanduser()))
+
+
+def _check_dest(dest: Path) -> None:
+    if dest.is_symlink():
+        raise DownloadError(
+            f"{dest} is a symlink to {os.path.realpath(dest)} (made by --link?); downloading would write into that "
+            "folder. Remove the link or choose another --dest."
+        )
+    if dest.exists() and not dest.is_dir():
+        raise DownloadError(f"{dest} exists and is not a folder. Choose another --dest.")
 
 
 def catalog_files(csv_path) -> list[str]:
     """The image paths (relative to the catalogue folder) that fashion.csv's rows refer to."""
-    csv_path = Path(csv_path)
     try:
         with open(csv_path, encoding="utf-8", newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -286,7 +319,7 @@ def catalog_files(csv_path) -> list[str]:
         name = (row["Image"] or "").strip() or f"{(row['ProductId'] or '').strip()}.jpg"
         if gender not in helpers.GENDER_FOLDERS:
             raise DownloadError(f"{csv_path} line {number}: unknown Gender {gender!r} (expected one of {', '.join(helpers.GENDERS)}).")
-        if not SAFE_NAME.fullmatch(name):
+        if not SAFE_NAME.fullmatch(name):  # it becomes a path and a URL: no "..", no "/"
             raise DownloadError(f"{csv_path} line {number}: {name!r} is not a plain image file name; refusing to use it.")
         paths[f"{helpers.GENDER_FOLDERS[gender]}/{name}"] = None
     return list(paths)
@@ -295,49 +328,89 @@ def catalog_files(csv_path) -> list[str]:
 def existing_catalog(folder) -> tuple[int, str] | None:
     """(number of products, "2906 products (Boys 759, ...)") when `folder` holds fashion.csv and
     every image it lists; None otherwise. Reads no image, so it is quick."""
-    folder = Path(folder)
     try:
-        images = catalog_files(folder / CSV_NAME)
+        images = catalog_files(Path(folder) / CSV_NAME)
     except (DownloadError, OSError):
         return None
-    if not all((folder / relative).is_file() for relative in images):
+    if not all((Path(folder) / relative).is_file() for relative in images):
         return None
-    counts = {gender: 0 for gender in helpers.GENDERS}
-    for relative in images:
-        counts[next(g for g, f in helpers.GENDER_FOLDERS.items() if relative.startswith(f + "/"))] += 1
-    return len(images), f"{len(images)} products ({', '.join(f'{gender} {count}' for gender, count in counts.items())})"
+    gender_of = {subfolder + "/": gender for gender, subfolder in helpers.GENDER_FOLDERS.items()}
+    counts = collections.Counter(gender_of[image[: image.rindex("/") + 1]] for image in images)
+    return len(images), f"{len(images)} products ({', '.join(f'{gender} {counts[gender]}' for gender in helpers.GENDERS)})"
 
 
 def _listing(paths, limit: int = MAX_LISTED) -> str:
-    paths = list(paths)
-    shown = ", ".join(paths[:limit])
-    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+    return ", ".join(paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def _check_dest(dest: Path) -> None:
-    if dest.is_symlink():
-        raise DownloadError(
-            f"{dest} is a symlink to {os.path.realpath(dest)} (made by --link?); downloading would write into that "
-            "folder. Remove the link or choose another --dest."
-        )
-    if dest.exists() and not dest.is_dir():
-        raise DownloadError(f"{dest} exists and is not a folder. Choose another --dest.")
+def _run_parallel(work, items, workers: int, bar):
+    """Yield (item, work(item) or the exception it raised) as each finishes, on a thread pool.
+    Closing the generator cancels what has not started and waits for what has."""
+    executor = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="fetch")
+    try:
+        futures = {executor.submit(work, item): item for item in items}
+        for future in as_completed(futures):
+            bar.update(1)
+            error = future.exception()
+            yield futures[future], (future.result() if error is None else error)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        bar.close()
 
 
-# ============================================================================
-# Download
-# ============================================================================
+def _progress_bar(total: int, enabled: bool, unit: str):
+    # One bar over all files: pooch's bar is per file, and thousands of them would scroll by.
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, desc=f"{unit}s", disable=not enabled, dynamic_ncols=True)
+
+
+# -- Download ----------------------------------------------------------------------------------------
+
+
+class _Fetcher:
+    """Puts each file of the catalogue in place as a verified original; fetch() runs in threads."""
+
+    def __init__(self, staging: _Staging, base_url: str, expected: dict[str, str], timeout: float, replace: bool):
+        self.dest, self.staging, self.expected, self.timeout, self.replace = staging.dest, staging, expected, timeout, replace
+        # pooch checks each sha256 once more before its move (known_hash; None for git blob ids)
+        # and retries a dropped or stalled connection or a 5xx answer.
+        registry = {path: hashes if hashes.startswith("sha256:") else None for path, hashes in expected.items()}
+        self.pooch = pooch.Pooch(path=staging.root, base_url=base_url, registry=registry, retry_if_failed=ATTEMPTS - 1)
+        self.http = _http_downloader(timeout)
+        self.sha256: dict[str, str] = {}  # of every verified file, for ORIGINALS.sha256
+
+    def fetch(self, relative: str) -> str:
+        """Make dest/relative a verified original: "skipped" or "fetched"; raises _FileFailure or NetworkError."""
+        expected = self.expected.get(relative)
+        if expected is None:
+            raise _FileFailure(relative, "no checksum for it in the list")
+        target = self.dest / relative
+        if target.is_file():
+            hashes = hash_file(target)
+            if _matches(expected, hashes):
+                self.sha256[relative] = hashes.sha256
+                return "skipped"
+            if not self.replace:  # it may be a resized copy the user wants
+                raise _FileFailure(relative, "a different file is already there", conflict=True)
+        elif os.path.lexists(target):
+            raise _FileFailure(relative, "something that is not a file is in its place", conflict=True)
+        url, downloader = self.pooch.get_url(relative), _Downloader(self.http, relative, expected)
+        self.staging.path(relative)
+        try:
+            staged = Path(self.pooch.fetch(relative, downloader=downloader))
+        except requests.HTTPError as error:  # a server error (5xx) on every try
+            raise _FileFailure(relative, _http_text(error, url)) from None
+        except requests.RequestException as error:
+            raise _network_error(url, error, self.timeout, ATTEMPTS) from None
+        self.sha256[relative] = downloader.sha256
+        self.staging.commit(staged, relative)
+        return "fetched"
 
 
 def download_catalog(
-    dest=None,
-    base_url: str = DEFAULT_BASE_URL,
-    checksums=None,
-    workers: int = DEFAULT_WORKERS,
-    api_url: str = DEFAULT_API_URL,
-    timeout: float = DEFAULT_TIMEOUT,
-    replace: bool = False,
-    progress: bool = True,
+    dest=None, base_url: str = DEFAULT_BASE_URL, checksums=None, workers: int = DEFAULT_WORKERS, api_url: str = DEFAULT_API_URL,
+    timeout: float = DEFAULT_TIMEOUT, replace: bool = False, progress: bool = True,
 ) -> Report:
     """Download fashion.csv and every image it lists into `dest`, verifying each file.
 
@@ -346,11 +419,11 @@ def download_catalog(
     `api_url`). Files already in place and verified are skipped. A file already in place that does
     NOT verify is left alone and reported unless `replace` is True. Raises DownloadError.
     """
-    dest = Path(dest) if dest is not None else helpers.get_settings().data_dir
-    dest = Path(os.path.abspath(dest.expanduser()))
+    dest = _resolve_dest(dest)
     created = not os.path.lexists(dest)
     try:
-        return _download_catalog(dest, base_url, checksums, workers, api_url, timeout, replace, progress)
+        with _quiet_pooch():
+            return _download(dest, base_url, checksums, workers, api_url, timeout, replace, progress)
     except BaseException:
         if created:  # leave no empty folder behind when nothing could be fetched
             with contextlib.suppress(OSError):
@@ -358,170 +431,109 @@ def download_catalog(
         raise
 
 
-def _download_catalog(dest, base_url, checksums, workers, api_url, timeout, replace, progress) -> Report:
-    base_url = base_url.rstrip("/") + "/"
+def _download(dest: Path, base_url, checksums, workers, api_url, timeout, replace, progress) -> Report:
     _check_dest(dest)
-
-    local_list = dest / CHECKSUMS_NAME
-    if checksums is not None:
-        expected, verified_with = load_checksums(checksums, timeout), f"sha256 list {checksums}"
-    elif local_list.is_file():
-        expected, verified_with = load_checksums(local_list, timeout), f"sha256 list {local_list}"
-    else:
-        try:
-            expected, verified_with = load_git_tree(api_url, timeout), f"git blob ids of {SOURCE_REPO}@{SOURCE_COMMIT[:12]}"
-        except NetworkError as error:
-            present = existing_catalog(dest)
-            if present is None:
-                raise
-            # Nothing to download; only the comparison with the originals needs the network.
-            return Report(dest=dest, files=1 + present[0], skipped=1 + present[0], message=(
-                f"{dest} already holds a complete catalogue: {present[1]}, every image present; nothing to download. "
-                f"It could not be checked against the originals ({str(error).split(';')[0]})."
-            ))
-
-    report = Report(dest=dest, verified_with=verified_with)
-    stop = threading.Event()
-    lock = threading.Lock()
-    sha256_by_path: dict[str, str] = {}
-
-    def count_bytes(n: int) -> None:
-        with lock:
-            report.bytes_fetched += n
-
-    def fetch(relative: str) -> str:
-        """Make dest/relative a verified copy; returns "skipped" or "fetched", raises on failure."""
-        if stop.is_set():
-            raise KeyboardInterrupt
-        if relative not in expected:
-            raise _FileFailure(relative, "no checksum for it in the list")
-        target = dest / relative
-        if target.is_file():
-            hashes = hash_file(target)
-            if expected[relative].matches(hashes):
-                sha256_by_path[relative] = hashes.sha256
-                return "skipped"
-            if not replace:
-                raise _FileFailure(relative, "a different file is already there", conflict=True)
-        elif target.exists():
-            raise _FileFailure(relative, "something that is not a file is in its place", conflict=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = _part_path(target)
-        url = base_url + urllib.parse.quote(relative)
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                resumed = _download_to(url, part, timeout, stop, count_bytes)
-            except urllib.error.HTTPError as error:
-                part.unlink(missing_ok=True)
-                if error.code == 404:
-                    raise _FileFailure(relative, f"not found on the server (HTTP 404 for {url})") from None
-                if error.code < 500 or attempt == ATTEMPTS:
-                    raise _FileFailure(relative, f"HTTP {error.code} {error.reason} for {url}") from None
-            except urllib.error.URLError as error:  # no connection at all: stop everything
-                raise _unreachable(url, error) from None
-            except TRANSFER_ERRORS as error:  # timeout or dropped connection: keep the part, retry
-                if attempt == ATTEMPTS:
-                    raise _unreachable(url, error) from None
-            else:
-                hashes = hash_file(part)
-                if expected[relative].matches(hashes):
-                    os.replace(part, target)
-                    sha256_by_path[relative] = hashes.sha256
-                    return "fetched"
-                part.unlink(missing_ok=True)
-                if not resumed or attempt == ATTEMPTS:  # a resumed part may be stale: retry once in full
-                    raise _FileFailure(
-                        relative,
-                        f"its bytes do not match the expected checksum ({expected[relative].kind} "
-                        f"{expected[relative].digest[:12]}..., got {hashes.size} bytes)",
-                    )
-            time.sleep(0.2 * attempt)
-        raise AssertionError("unreachable")
-
-    # fashion.csv first: it lists the images.
     try:
-        status = fetch(CSV_NAME)
+        expected, verified_with = _expected_hashes(dest, checksums, api_url, timeout)
+    except NetworkError as error:
+        present = existing_catalog(dest)
+        if present is None or checksums is not None:
+            raise
+        # Nothing to download; only the comparison with the originals needs the network.
+        return Report(dest=dest, files=1 + present[0], skipped=1 + present[0], message=(
+            f"{dest} already holds a complete catalogue: {present[1]}, every image present; nothing to download. "
+            f"It could not be checked against the originals ({str(error).split(';')[0]})."
+        ))
+    report = Report(dest=dest, verified_with=verified_with)
+    with _Staging(dest) as staging:
+        fetcher = _Fetcher(staging, base_url.rstrip("/") + "/", expected, timeout, replace)
+        if _fetch_csv(fetcher, report):
+            return report
+        images = catalog_files(dest / CSV_NAME)
+        report.files = 1 + len(images)
+        failures = _fetch_images(fetcher, images, report, workers, progress)
+        if images and len(failures) == len(images) and all(failure.conflict for failure in failures):
+            # Not one image is an original and none is missing: the folder holds another copy of the
+            # catalogue (e.g. resized photos), not a damaged download. Keep it; it is usable as it is.
+            present = (existing_catalog(dest) or (0, f"{len(images)} products"))[1]
+            report.message = _other_copy_message(dest, present, f"all {len(images)} images differ from the originals", verified_with)
+            return report
+        if failures:
+            raise DownloadError(_failure_message(dest, failures))
+        note = _record_checksums(staging, fetcher.sha256)
+    checked = f"{report.files} files ({len(images)} images + {CSV_NAME})"
+    if report.fetched == 0:
+        report.message = f"The catalogue in {dest} is already complete: {checked} verified against the {verified_with}. Nothing to download."
+    else:
+        report.message = (
+            f"Downloaded {report.fetched} files ({report.bytes_fetched / 1e6:.1f} MB) into {dest}; "
+            f"{report.skipped} were already there. All {checked} verified against the {verified_with}."
+        )
+    report.message += note
+    return report
+
+
+def _expected_hashes(dest: Path, checksums, api_url: str, timeout: float) -> tuple[dict[str, str], str]:
+    if checksums is not None:
+        return load_checksums(checksums, timeout), f"sha256 list {checksums}"
+    if (dest / CHECKSUMS_NAME).is_file():
+        return load_checksums(dest / CHECKSUMS_NAME, timeout), f"sha256 list {dest / CHECKSUMS_NAME}"
+    return load_git_tree(api_url, timeout), f"git blob ids of {SOURCE_REPO}@{SOURCE_COMMIT[:12]}"
+
+
+def _fetch_csv(fetcher: _Fetcher, report: Report) -> bool:
+    """fashion.csv first, as it lists the images. True when the folder holds another complete
+    catalogue, kept as it is (the report is then final)."""
+    dest = fetcher.dest
+    try:
+        report.tally(CSV_NAME, fetcher.fetch(CSV_NAME))
     except OSError as error:  # the folder cannot be created or written (nothing is written before this)
         raise DownloadError(
             f"Cannot write to {dest} ({error.strerror or error}): choose a writable folder with --dest or FASHION_LENS_DATA."
         ) from None
     except _FileFailure as failure:
         present = existing_catalog(dest) if failure.conflict else None
-        if present is not None:
-            report.files = report.skipped = 1 + present[0]
-            report.message = _other_copy_message(dest, present[1], f"its {CSV_NAME} differs from the originals'", verified_with)
-            return report
-        raise DownloadError(_failure_message(dest, [failure])) from None
-    report.fetched += status == "fetched"
-    report.skipped += status == "skipped"
-    images = catalog_files(dest / CSV_NAME)
-    report.files = 1 + len(images)
+        if present is None:
+            raise DownloadError(_failure_message(dest, [failure])) from None
+        report.files = report.skipped = 1 + present[0]
+        report.message = _other_copy_message(dest, present[1], f"its {CSV_NAME} differs from the originals'", report.verified_with)
+        return True
+    return False
 
-    failures: list[_FileFailure] = []
-    network_error: NetworkError | None = None
-    executor = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="download")
-    bar = _progress_bar(len(images), progress)
+
+def _fetch_images(fetcher: _Fetcher, images: list[str], report: Report, workers: int, progress: bool) -> list[_FileFailure]:
+    """Fetch the images in parallel; returns the files that failed, raises when the server is lost."""
+    failures, bar = [], _progress_bar(len(images), progress, "image")
     try:
-        futures = {executor.submit(fetch, relative): relative for relative in images}
-        for future in as_completed(futures):
-            try:
-                status = future.result()
-            except _FileFailure as failure:
-                failures.append(failure)
-            except NetworkError as error:
-                network_error = network_error or error
-                stop.set()  # the other downloads would fail the same way
-            except KeyboardInterrupt:
-                pass  # a worker saw the stop flag
-            except OSError as error:  # a local problem (disk full, permissions) with this file
-                failures.append(_FileFailure(futures[future], f"{error.strerror or error} ({error.filename or dest})"))
-            else:
-                report.fetched += status == "fetched"
-                report.skipped += status == "skipped"
-            bar.update(1)
-            bar.set_postfix_str(f"{report.bytes_fetched / 1e6:.1f} MB", refresh=False)
+        with contextlib.closing(_run_parallel(fetcher.fetch, images, workers, bar)) as outcomes:
+            for relative, outcome in outcomes:
+                if isinstance(outcome, NetworkError):  # the other downloads would fail the same way: stop
+                    raise DownloadError(f"{outcome} ({report.fetched} files were downloaded; re-run to resume).")
+                if isinstance(outcome, _FileFailure):
+                    failures.append(outcome)
+                elif isinstance(outcome, OSError):  # a local problem (disk full, permissions) with this file
+                    failures.append(_FileFailure(relative, f"{outcome.strerror or outcome} ({outcome.filename or fetcher.dest})"))
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    report.tally(relative, outcome)
+                    bar.set_postfix_str(f"{report.bytes_fetched / 1e6:.1f} MB", refresh=False)
     except KeyboardInterrupt:
-        stop.set()
-        raise DownloadError(f"Interrupted. Re-run the same command to resume; finished files are kept in {dest}.") from None
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-
-    if network_error is not None:
-        raise DownloadError(f"{network_error} ({report.fetched} files were downloaded; re-run to resume).")
-    if images and len(failures) == len(images) and all(failure.conflict for failure in failures):
-        # Not one image is an original and none is missing: the folder holds another copy of the
-        # catalogue (e.g. resized photos), not a damaged download. Keep it; it is usable as it is.
-        report.message = _other_copy_message(
-            dest, (existing_catalog(dest) or (0, f"{len(images)} products"))[1],
-            f"all {len(images)} images differ from the originals", verified_with,
-        )
-        return report
-    if failures:
-        raise DownloadError(_failure_message(dest, failures))
-
-    if not local_list.exists():
-        # Record what was verified, so a re-run checks the files offline.
-        with helpers.atomic_write(local_list, "w") as handle:
-            handle.write(format_checksums(sha256_by_path))
-    if report.fetched == 0:
-        report.message = (
-            f"The catalogue in {dest} is already complete: {report.files} files verified "
-            f"({len(images)} images + {CSV_NAME}) against the {verified_with}. Nothing to download."
-        )
-    else:
-        report.message = (
-            f"Downloaded {report.fetched} files ({report.bytes_fetched / 1e6:.1f} MB) into {dest}; "
-            f"{report.skipped} were already there. All {report.files} files ({len(images)} images + {CSV_NAME}) "
-            f"verified against the {verified_with}."
-        )
-    return report
+        raise DownloadError(f"Interrupted. Re-run the same command to resume; finished files are kept in {fetcher.dest}.") from None
+    return failures
 
 
-class _FileFailure(Exception):
-    def __init__(self, relative: str, reason: str, conflict: bool = False):
-        super().__init__(f"{relative}: {reason}")
-        self.relative, self.reason, self.conflict = relative, reason, conflict
+def _record_checksums(staging: _Staging, sha256_by_path: dict[str, str]) -> str:
+    """Write ORIGINALS.sha256 so a re-run checks the files offline; returns a note if it cannot."""
+    if (staging.dest / CHECKSUMS_NAME).exists():
+        return ""
+    try:
+        staged = staging.path(CHECKSUMS_NAME)
+        staged.write_text("".join(f"{digest}  {path}\n" for path, digest in sorted(sha256_by_path.items())), encoding="utf-8")
+        staging.commit(staged, CHECKSUMS_NAME)
+    except OSError as error:  # a read-only complete folder: it only loses the offline re-check
+        return f" {CHECKSUMS_NAME} could not be written ({error.strerror or error}): the next run checks against the originals again."
+    return ""
 
 
 def _other_copy_message(dest: Path, present: str, difference: str, verified_with: str) -> str:
@@ -534,125 +546,106 @@ def _other_copy_message(dest: Path, present: str, difference: str, verified_with
 
 def _failure_message(dest: Path, failures: list[_FileFailure]) -> str:
     failures = sorted(failures, key=lambda failure: failure.relative)
-    conflicts = [failure for failure in failures if failure.conflict]
+    conflicts = [failure.relative for failure in failures if failure.conflict]
     others = [failure for failure in failures if not failure.conflict]
     parts = []
     if others:
-        details = "; ".join(str(failure) for failure in others[:MAX_LISTED])
         more = f"; and {len(others) - MAX_LISTED} more" if len(others) > MAX_LISTED else ""
         parts.append(
-            f"{len(others)} file(s) could not be downloaded and verified: {details}{more}. Nothing was written "
-            f"for them. Re-run later to retry (verified files are kept), check --base-url/--checksums, "
-            f"or copy a local catalogue with --from PATH."
+            f"{len(others)} file(s) could not be downloaded and verified: {'; '.join(map(str, others[:MAX_LISTED]))}{more}. "
+            "Nothing was written for them. Re-run later to retry (verified files are kept), check --base-url/--checksums, "
+            "or copy a local catalogue with --from PATH."
         )
     if conflicts:
         parts.append(
-            f"{len(conflicts)} file(s) in {dest} differ from the expected originals: "
-            f"{_listing([failure.relative for failure in conflicts])}. They were left untouched (the folder may "
-            "hold another copy, e.g. the downscaled one); delete them, re-run with --replace, or choose another --dest."
+            f"{len(conflicts)} file(s) in {dest} differ from the expected originals: {_listing(conflicts)}. They were left "
+            "untouched (the folder may hold another copy, e.g. the downscaled one); delete them, re-run with --replace, or choose another --dest."
         )
     return " ".join(parts)
 
 
-def _progress_bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="file", desc="images", disable=not enabled, dynamic_ncols=True)
-
-
-# ============================================================================
-# Local copy
-# ============================================================================
+# -- Local copy --------------------------------------------------------------------------------------
 
 
 def copy_catalog(source, dest=None, link: bool = False, progress: bool = True, workers: int = DEFAULT_WORKERS) -> Report:
-    """Copy a local catalogue folder (fashion.csv + image folders) into `dest`, checked with
-    helpers.load_catalog; with `link`, make `dest` a symlink to the source folder instead.
-    Files already identical at `dest` are skipped. Raises DownloadError or helpers.CatalogError."""
-    source = Path(source).expanduser()
-    dest = Path(dest) if dest is not None else helpers.get_settings().data_dir
-    dest = Path(os.path.abspath(dest.expanduser()))
+    """Copy a local catalogue folder (fashion.csv + image folders) into `dest` once it is checked
+    complete; with `link`, make `dest` a symlink to it instead. Files already identical at `dest`
+    are skipped. Raises DownloadError."""
+    source, dest = Path(source).expanduser(), _resolve_dest(dest)
     if not source.is_dir():
         raise DownloadError(f"--from {source}: no such folder. Give the folder that holds fashion.csv and the image folders.")
     source = source.resolve()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", helpers.MissingImagesWarning)
-        catalog = helpers.load_catalog(source)
-    missing = [str(w.message) for w in caught if issubclass(w.category, helpers.MissingImagesWarning)]
+    if not (source / CSV_NAME).is_file():
+        raise DownloadError(f"{source / CSV_NAME} is missing. The folder given to --from must hold fashion.csv and the image folders.")
+    images = catalog_files(source / CSV_NAME)
+    missing = [relative for relative in images if not (source / relative).is_file()]
     if missing:
-        raise DownloadError(f"The catalogue in {source} is incomplete: {missing[0]}")
-    counts = catalog["Gender"].value_counts()
-    summary = ", ".join(f"{gender} {int(counts.get(gender, 0))}" for gender in helpers.GENDERS)
-    report = Report(dest=dest, files=1 + len(catalog), verified_with=f"helpers.load_catalog({source})")
-
+        raise DownloadError(
+            f"The catalogue in {source} is incomplete: {len(missing)} of {len(images)} products have no image file "
+            f"({_listing(missing)}). Copy those photos there, or run without --from to download the originals."
+        )
+    products = existing_catalog(source)[1]
+    report = Report(dest=dest, files=1 + len(images), verified_with=f"the file list of {source / CSV_NAME}")
     if os.path.realpath(dest) == str(source) and (link or not dest.is_symlink()):
         report.skipped = report.files
-        report.message = f"{dest} already is the catalogue {source}: {len(catalog)} products ({summary}). Nothing to do."
+        report.message = f"{dest} already is the catalogue {source}: {products}. Nothing to do."
         return report
     if dest.is_symlink():
         dest.unlink()  # only the link goes (one made by an earlier --link); the folder it pointed to is untouched
     if dest.exists() and not dest.is_dir():
         raise DownloadError(f"{dest} exists and is not a folder; remove it or choose another --dest.")
-
     if link:
-        if dest.is_dir():
-            if any(dest.iterdir()):
-                raise DownloadError(f"{dest} already exists and is not empty; remove it or choose another --dest to link it to {source}.")
-            dest.rmdir()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            dest.symlink_to(source, target_is_directory=True)
-        except OSError as error:
-            raise DownloadError(f"Cannot create the symlink {dest} -> {source} ({error.strerror or error}); copy without --link.") from error
+        _link(source, dest)
         report.fetched = report.files
-        report.message = f"Linked {dest} -> {source}: {len(catalog)} products ({summary}), {len(catalog)} images + {CSV_NAME}."
+        report.message = f"Linked {dest} -> {source}: {products}, {len(images)} images + {CSV_NAME}."
         return report
-
-    sha_by_relative = {CSV_NAME: helpers.file_sha256(source / CSV_NAME)}
-    for path, digest in zip(catalog["image_path"], catalog["image_sha256"]):
-        sha_by_relative[Path(path).relative_to(source).as_posix()] = digest
-    for name in EXTRA_FILES:
-        if (source / name).is_file():
-            sha_by_relative[name] = helpers.file_sha256(source / name)
-
-    def copy_one(relative: str, digest: str) -> int:
-        """Copy one file atomically unless an identical one is there; returns the bytes copied."""
-        target = dest / relative
-        if target.is_file() and not target.is_symlink() and helpers.file_sha256(target) == digest:
-            return -1
-        with helpers.atomic_write(target, "wb") as handle, open(source / relative, "rb") as original:
-            shutil.copyfileobj(original, handle, 1 << 20)
-        return target.stat().st_size
-
-    bar = _progress_bar(len(sha_by_relative), progress)
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="copy") as executor:
-            futures = [executor.submit(copy_one, relative, digest) for relative, digest in sha_by_relative.items()]
-            for future in as_completed(futures):
-                copied = future.result()
-                report.skipped += copied < 0
-                report.fetched += copied >= 0
-                report.bytes_fetched += max(copied, 0)
-                bar.update(1)
-    except OSError as error:
-        raise DownloadError(f"Cannot copy into {dest}: {error.strerror or error} ({error.filename}). Free some space or choose another --dest.") from error
-    except helpers.SettingsError as error:  # atomic_write found the folder not writable
-        raise DownloadError(f"Cannot write to {dest}: choose a writable folder with --dest or FASHION_LENS_DATA.") from error
-    finally:
-        bar.close()
+    _copy_files(source, [CSV_NAME, *images, *(name for name in EXTRA_FILES if (source / name).is_file())], report, workers, progress)
     report.message = (
         f"Copied {report.fetched} files ({report.bytes_fetched / 1e6:.1f} MB) from {source} into {dest}"
-        f"{f'; {report.skipped} were already there' if report.skipped else ''}. "
-        f"The catalogue has {len(catalog)} products ({summary}) with their images."
+        f"{f'; {report.skipped} were already there' if report.skipped else ''}. The catalogue has {products} with their images."
     )
     if report.fetched == 0:
-        report.message = f"{dest} is already a complete copy of {source}: {len(catalog)} products ({summary}). Nothing to copy."
+        report.message = f"{dest} is already a complete copy of {source}: {products}. Nothing to copy."
     return report
 
 
-# ============================================================================
-# Command line
-# ============================================================================
+def _link(source: Path, dest: Path) -> None:
+    if dest.is_dir():
+        if any(dest.iterdir()):
+            raise DownloadError(f"{dest} already exists and is not empty; remove it or choose another --dest to link it to {source}.")
+        dest.rmdir()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.symlink_to(source, target_is_directory=True)
+    except OSError as error:
+        raise DownloadError(f"Cannot create the symlink {dest} -> {source} ({error.strerror or error}); copy without --link.") from error
+
+
+def _copy_files(source: Path, files: list[str], report: Report, workers: int, progress: bool) -> None:
+    def copy_one(relative: str) -> str:
+        target = staging.dest / relative
+        if target.is_file() and not target.is_symlink() and filecmp.cmp(source / relative, target, shallow=False):
+            return "skipped"
+        staged = staging.path(relative)
+        shutil.copyfile(source / relative, staged)
+        staging.commit(staged, relative)
+        return "fetched"
+
+    try:
+        with _Staging(report.dest) as staging, contextlib.closing(
+            _run_parallel(copy_one, files, workers, _progress_bar(len(files), progress, "file"))
+        ) as outcomes:
+            for relative, outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                report.tally(relative, outcome)
+    except OSError as error:
+        raise DownloadError(
+            f"Cannot copy into {report.dest}: {error.strerror or error} ({error.filename}). Free some space or choose another --dest."
+        ) from error
+
+
+# -- Command line ------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -666,16 +659,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checksums", metavar="FILE_OR_URL", help=f"sha256 list in the {CHECKSUMS_NAME} format to verify against")
     parser.add_argument("--api-url", default=DEFAULT_API_URL, help="GitHub API base URL for the git-tree verification")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="parallel downloads (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="network timeout in seconds (default: %(default)s)")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT,
+        help=f"seconds without an answer or data before a try counts as stalled; each file gets {ATTEMPTS} tries (default: %(default)s)",
+    )
     parser.add_argument("--replace", action="store_true", help="overwrite files in the destination that do not verify")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.link and not args.source:
-        build_parser().error("--link needs --from PATH")
+        parser.error("--link needs --from PATH")
     try:
         if args.source:
             report = copy_catalog(args.source, args.dest, link=args.link, progress=not args.no_progress, workers=args.workers)
@@ -684,7 +681,7 @@ def main(argv=None) -> int:
                 args.dest, base_url=args.base_url, checksums=args.checksums, workers=args.workers,
                 api_url=args.api_url, timeout=args.timeout, replace=args.replace, progress=not args.no_progress,
             )
-    except (DownloadError, helpers.CatalogError, helpers.SettingsError) as error:
+    except DownloadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -18,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-import helpers
+from fashion_lens.settings import BACKBONES, ENVIRONMENT_VARIABLES, get_settings
+from fashion_lens.storage import atomic_write, writable_dir
 
 PROJECT_DIR = Path(__file__).resolve().parent
 NOTEBOOK_DIR = PROJECT_DIR / "notebooks"
@@ -98,7 +99,7 @@ def run_notebook(path: Path, output_dir: Path, parameters: dict, kernel_name: st
     from papermill.exceptions import PapermillExecutionError
 
     kernel_name = kernel_name or ensure_kernel()
-    output_dir = helpers.writable_dir(Path(output_dir))
+    output_dir = writable_dir(Path(output_dir))
     executed = output_dir / path.name
     running = output_dir / f".{path.stem}.running.ipynb"  # papermill saves after each cell: keep it out of sight
     try:
@@ -126,7 +127,7 @@ def run_notebook(path: Path, output_dir: Path, parameters: dict, kernel_name: st
         with kernel_messages_to(output_dir / "kernels.log"):  # nbconvert's notices ("alternative text is missing") too
             body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
         outputs["html"] = executed.with_suffix(".html")
-        with helpers.atomic_write(outputs["html"]) as handle:
+        with atomic_write(outputs["html"]) as handle:
             handle.write(body.encode("utf-8"))
     return outputs
 
@@ -135,11 +136,13 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", type=int, default=None, metavar="N",
                         help="use N products per gender (a quick run); default: the whole catalogue")
-    parser.add_argument("--backbone", choices=helpers.BACKBONES, default=None,
-                        help=f"the CNN (default: the {helpers.ENVIRONMENT_VARIABLES['backbone']} setting, else resnet50)")
+    parser.add_argument("--backbone", choices=BACKBONES, default=None,
+                        help=f"the CNN (default: the {ENVIRONMENT_VARIABLES['backbone']} setting, else resnet50)")
     parser.add_argument("--only", default=None, metavar="01,03", help="run only these chapters (by number)")
     parser.add_argument("--output", type=Path, default=None,
                         help="where the executed notebooks go (default: <artifacts>/notebooks)")
+    parser.add_argument("--notebooks", type=Path, default=NOTEBOOK_DIR, metavar="FOLDER",
+                        help="the folder of numbered chapters to run (default: notebooks/)")
     arguments = parser.parse_args(argv)
     if arguments.sample is not None and arguments.sample < 1:
         parser.error(f"--sample must be 1 or more products per gender (got {arguments.sample}); leave it out for the whole catalogue.")
@@ -149,12 +152,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the kernels inherit it: fewer CUDA notices
-    settings = helpers.get_settings(backbone=arguments.backbone)  # a bad setting fails here, before any kernel starts
+    settings = get_settings(backbone=arguments.backbone)  # a bad setting fails here, before any kernel starts
     output_dir = arguments.output or settings.artifacts_dir / "notebooks"
     parameters = {"BACKBONE": arguments.backbone, "SAMPLE": arguments.sample}
-    paths = notebook_paths(arguments.only)
+    paths = notebook_paths(arguments.only, arguments.notebooks)
     kernel_name = ensure_kernel()
-    helpers.writable_dir(output_dir)
+    writable_dir(output_dir)
     (output_dir / "kernels.log").unlink(missing_ok=True)  # this run's messages only
     scope = f"{arguments.sample} products per gender" if arguments.sample else "the whole catalogue"
     print(f"Running {len(paths)} notebook(s) on {scope}, backbone {settings.backbone}, into {output_dir}", flush=True)

@@ -11,10 +11,10 @@ What runs where:
   (new products, changed photos) and sends only those out, as a Ray Data table of
   (ProductId, image_path, image_sha256);
 - each worker is a Ray actor holding one copy of the backbone; it decodes its batch of photos and
-  runs the network with the very functions of the single-process path (helpers.prepare_photo,
-  helpers.run_network), so the descriptors are the same numbers;
+  runs the network with the very functions of the single-process path (prepare_photo,
+  run_network), so the descriptors are the same numbers;
 - the driver receives the descriptors as they stream back and writes them as shards of the usual
-  cache (helpers.write_feature_shard: atomic file, then the manifest under a lock). Only the
+  cache (write_feature_shard: atomic file, then the manifest under a lock). Only the
   driver's machine needs the artifacts folder; workers need the photos and the weights.
 
 A worker process that dies (out of memory, lost node) is restarted by Ray Data and its block of
@@ -40,7 +40,14 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-import helpers
+import fashion_lens
+from fashion_lens.catalog import load_catalog
+from fashion_lens.colour import colour_descriptor
+from fashion_lens.errors import CatalogError, SettingsError, WeightsError
+from fashion_lens.feature_cache import feature_cache_dir, prepare_photo, uncached_positions, write_feature_shard
+from fashion_lens.features import FeatureRecipe, default_recipe, resolve_recipe, run_network
+from fashion_lens.settings import BACKBONES, RANDOM_WEIGHTS, get_settings
+from fashion_lens.storage import writable_dir
 
 COLUMNS = ["ProductId", "image_path", "image_sha256"]
 # Rows per Ray block: the unit a lost worker redoes. A few batches keep the scheduling overhead
@@ -98,7 +105,7 @@ class PhotoEncoder:
     `error`, so the driver can report it (Ray Data batches must keep equal-length columns).
     """
 
-    def __init__(self, recipe: helpers.FeatureRecipe, weights: str, threads: int, fault_drill: str | None = None):
+    def __init__(self, recipe: FeatureRecipe, weights: str, threads: int, fault_drill: str | None = None):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf
 
@@ -106,16 +113,16 @@ class PhotoEncoder:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
         # Resolve the weights here too: the worker must hold the very file the driver's cache is keyed by.
-        local = helpers.resolve_recipe(dataclasses.replace(recipe, weights=weights))
-        if local != recipe:
-            raise helpers.WeightsError(
-                f"This worker's {recipe.backbone} weights ({local.weights}) differ from the driver's ({recipe.weights}). "
+        local = resolve_recipe(dataclasses.replace(recipe, weights=weights, weights_id=None))
+        if local.weights_id != recipe.weights_id:
+            raise WeightsError(
+                f"This worker's {recipe.backbone} weights ({local.weights_id}) differ from the driver's ({recipe.weights_id}). "
                 "Give every node the same weights file (same Keras cache or the same path in FASHION_LENS_WEIGHTS)."
             )
         self.recipe = recipe
         blank = np.full((1, recipe.image_size, recipe.image_size, 3), 255, dtype=np.uint8)
-        self.vector_size = helpers.run_network(blank, recipe).shape[1]  # loads the model once, before any batch
-        self.colour_size = helpers.colour_descriptor(Image.new("RGB", (8, 8), "white")).shape[0]
+        self.vector_size = run_network(blank, recipe).shape[1]  # loads the model once, before any batch
+        self.colour_size = colour_descriptor(Image.new("RGB", (8, 8), "white")).shape[0]
         self.fault_drill = fault_drill
         self.batches_done = 0
 
@@ -130,13 +137,15 @@ class PhotoEncoder:
         errors = np.full(count, "", dtype=object)
         pixels, good = [], []
         for row, path in enumerate(batch["image_path"]):
-            prepared, error = helpers.prepare_photo(str(path), self.recipe)
+            prepared, error = prepare_photo(str(path), self.recipe)
             if error:
                 errors[row] = error
             else:
-                pixels.append(prepared[0]); colours[row] = prepared[1]; good.append(row)
+                pixels.append(prepared[0])
+                colours[row] = prepared[1]
+                good.append(row)
         if pixels:
-            vectors[good] = helpers.run_network(np.stack(pixels), self.recipe)
+            vectors[good] = run_network(np.stack(pixels), self.recipe)
         # per-row shares of the batch's time, so the driver can add them up whatever the batching
         seconds = np.full(count, (time.perf_counter() - started) / count)
         cpu_seconds = np.full(count, (time.process_time() - cpu_started) / count)
@@ -154,7 +163,7 @@ def _crash_once(marker: str) -> None:
     os._exit(1)
 
 
-def extract_features_on_ray(catalog: pd.DataFrame, recipe: helpers.FeatureRecipe | None = None, *,
+def extract_features_on_ray(catalog: pd.DataFrame, recipe: FeatureRecipe | None = None, *,
                             workers: int = 2, address: str | None = None, artifacts_dir=None,
                             batch_size: int = 32, shard_size: int = 512, cpus_per_worker: int = 1,
                             progress: bool = True, fault_drill: str | os.PathLike | None = None) -> ScaleOutReport:
@@ -163,19 +172,19 @@ def extract_features_on_ray(catalog: pd.DataFrame, recipe: helpers.FeatureRecipe
     `catalog` is load_catalog()'s table (ProductId, image_path, image_sha256 are used). Ray is reached
     at `address` (else $RAY_ADDRESS); with neither, a local instance with workers x cpus_per_worker
     CPUs is started and stopped again. Ray already running in this process (connect_ray() in a
-    notebook, say) is used as it is. Afterwards helpers.extract_features / load_index read the
+    notebook, say) is used as it is. Afterwards extract_features / load_index read the
     features without computing any.
     `fault_drill` (a file path) makes the first worker to start its second batch crash once, to
     rehearse the loss of a worker.
 
-    >>> report = extract_features_on_ray(helpers.load_catalog(), workers=2)  # doctest: +SKIP
+    >>> report = extract_features_on_ray(load_catalog(), workers=2)  # doctest: +SKIP
     """
     _check_arguments(catalog, workers, batch_size, shard_size, cpus_per_worker)
-    recipe = helpers.resolve_recipe((recipe or helpers.default_recipe()).check())
-    if recipe.weights == helpers.RANDOM_WEIGHTS:
+    recipe = resolve_recipe((recipe or default_recipe()).check())
+    if recipe.weights == RANDOM_WEIGHTS:
         raise ScaleOutError("weights='random' draws different weights in every worker; use 'imagenet' or a weights file.")
-    cache_dir = helpers.writable_dir(helpers.feature_cache_dir(recipe, artifacts_dir))
-    todo = catalog.iloc[helpers.uncached_positions(catalog, cache_dir, recipe)][COLUMNS]
+    cache_dir = writable_dir(feature_cache_dir(recipe, artifacts_dir))
+    todo = catalog.iloc[uncached_positions(catalog, cache_dir, recipe)][COLUMNS]
     report = ScaleOutReport(cache_dir=cache_dir, requested=len(catalog), dispatched=len(todo), computed=0,
                             failures={}, workers=workers, seconds=0.0)
     if todo.empty:
@@ -192,7 +201,7 @@ def extract_features_on_ray(catalog: pd.DataFrame, recipe: helpers.FeatureRecipe
         table = ray.data.from_pandas([rows.iloc[start:start + block_rows] for start in range(0, len(rows), block_rows)])
         descriptors = table.map_batches(
             PhotoEncoder,
-            fn_constructor_kwargs={"recipe": recipe, "weights": helpers.weights_setting(recipe),
+            fn_constructor_kwargs={"recipe": recipe, "weights": recipe.weights,
                                    "threads": cpus_per_worker,
                                    "fault_drill": str(fault_drill) if fault_drill else None},
             batch_size=batch_size,
@@ -209,7 +218,7 @@ def extract_features_on_ray(catalog: pd.DataFrame, recipe: helpers.FeatureRecipe
             report.worker_cpu_seconds += float(batch["cpu_seconds"].sum())
             report.failures.update(zip(batch["ProductId"][~ok].astype(str), batch["error"][~ok].astype(str)))
             if ok.any():
-                helpers.write_feature_shard(
+                write_feature_shard(
                     cache_dir, recipe, batch["ProductId"][ok].astype(str), batch["image_sha256"][ok].astype(str),
                     np.asarray(batch["vectors"][ok]), np.asarray(batch["colours"][ok], dtype=np.float32))
                 report.computed += int(ok.sum())
@@ -233,7 +242,7 @@ def extract_features_on_ray(catalog: pd.DataFrame, recipe: helpers.FeatureRecipe
 def _check_arguments(catalog, workers, batch_size, shard_size, cpus_per_worker) -> None:
     missing = [column for column in COLUMNS if column not in getattr(catalog, "columns", [])]
     if missing:
-        raise ScaleOutError(f"The catalogue lacks the column(s) {', '.join(missing)}; pass helpers.load_catalog()'s table.")
+        raise ScaleOutError(f"The catalogue lacks the column(s) {', '.join(missing)}; pass load_catalog()'s table.")
     for name, value in {"workers": workers, "batch_size": batch_size, "shard_size": shard_size,
                         "cpus_per_worker": cpus_per_worker}.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -252,7 +261,7 @@ def _import_ray():
 def connect_ray(address: str | None = None, cpus: int | None = None) -> bool:
     """Join the Ray cluster at `address` (else $RAY_ADDRESS), or start a local instance with `cpus` CPUs.
 
-    The workers get this checkout's helpers.py and scale_out.py (their descriptors must come from
+    The workers get this checkout's package fashion_lens and scale_out.py (their descriptors must come from
     the same code as the driver's) and the driver's KERAS_HOME, where the weights are kept. Does
     nothing when Ray is already running in this process. True when this call started Ray.
     """
@@ -288,7 +297,7 @@ def _worker_environment() -> dict:
     variables = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
     if os.environ.get("KERAS_HOME"):
         variables["KERAS_HOME"] = os.environ["KERAS_HOME"]
-    return {"py_modules": [helpers.__file__, str(Path(__file__).resolve())], "env_vars": variables}
+    return {"py_modules": [str(Path(fashion_lens.__file__).parent), str(Path(__file__).resolve())], "env_vars": variables}
 
 
 def _what_went_wrong(error: BaseException) -> str:
@@ -315,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample", type=int, help="only the first N products of the catalogue")
     parser.add_argument("--data-dir", help="catalogue folder (default: $FASHION_LENS_DATA or data/fashion)")
     parser.add_argument("--artifacts-dir", help="where the feature cache goes (default: $FASHION_LENS_ARTIFACTS or artifacts)")
-    parser.add_argument("--backbone", choices=helpers.BACKBONES, help="default: $FASHION_LENS_BACKBONE or resnet50")
+    parser.add_argument("--backbone", choices=BACKBONES, help="default: $FASHION_LENS_BACKBONE or resnet50")
     parser.add_argument("--weights", help="'imagenet' or a Keras weights file (default: $FASHION_LENS_WEIGHTS or imagenet)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--fault-drill", metavar="FILE", help="rehearse a lost worker: one worker crashes once, part-way (FILE marks that it did)")
@@ -328,16 +337,16 @@ def main(argv=None) -> int:
         if getattr(args, option) is not None and getattr(args, option) < 1:
             build_parser().error(f"--{option.replace('_', '-')} must be at least 1")
     try:
-        settings = helpers.get_settings(args.data_dir, args.artifacts_dir, args.backbone, args.weights)
-        catalog = helpers.load_catalog(settings.data_dir)
+        settings = get_settings(args.data_dir, args.artifacts_dir, args.backbone, args.weights)
+        catalog = load_catalog(settings.data_dir)
         if args.sample:
             catalog = catalog.head(args.sample)
         report = extract_features_on_ray(
-            catalog, helpers.default_recipe(settings), workers=args.workers, address=args.address,
+            catalog, default_recipe(settings), workers=args.workers, address=args.address,
             artifacts_dir=settings.artifacts_dir, batch_size=args.batch_size, cpus_per_worker=args.cpus_per_worker,
             progress=not args.no_progress, fault_drill=args.fault_drill,
         )
-    except (ScaleOutError, helpers.SettingsError, helpers.CatalogError, helpers.WeightsError) as error:
+    except (ScaleOutError, SettingsError, CatalogError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
+from engine_support import imagenet_weights_downloadable
 from streamlit.testing.v1 import AppTest
 
-import helpers
+from fashion_lens.catalog import find_products, load_catalog, product_row
+from fashion_lens.errors import CatalogError, ImageError
+from fashion_lens.features import KERAS_WEIGHT_FILES, keras_cache_dir
+from fashion_lens.images import load_image
+from fashion_lens.index import Index, load_index
+from fashion_lens.search import similar_products, similar_to_image
+from fashion_lens.settings import get_settings
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 # Generous: a first upload builds the network on two shared cores; a normal run takes well under a second.
@@ -44,7 +50,7 @@ def messages(elements) -> list[str]:
     return [element.value for element in elements]
 
 
-def product_of_gender(index: helpers.Index, gender: str, offset: int = 0) -> str:
+def product_of_gender(index: Index, gender: str, offset: int = 0) -> str:
     return index.catalog.at[index.gender_rows[gender].start + offset, "ProductId"]
 
 
@@ -59,7 +65,7 @@ def search(app: AppTest, text: str) -> AppTest:
 def test_a_product_id_shows_exactly_k_results_in_the_engines_order(app, index):
     product_id = product_of_gender(index, "Women", 3)
     search(app, product_id)
-    expected = helpers.similar_products(index, product_id, k=5)
+    expected = similar_products(index, product_id, k=5)
 
     assert captions(app)[0] == f"Query · {product_id}"
     assert shown_result_ids(app) == expected["ProductId"].tolist()
@@ -79,7 +85,7 @@ def test_k_filters_colour_weight_and_all_genders_reach_the_engine(app, index):
     app.multiselect(key="filter_Usage").select(usage)
     app.checkbox(key="across_genders").check()
     search(app, product_id)
-    expected = helpers.similar_products(index, product_id, k=12, colour_weight=0.6, usage=[usage], across_genders=True)
+    expected = similar_products(index, product_id, k=12, colour_weight=0.6, usage=[usage], across_genders=True)
 
     assert len(expected) == 12
     assert shown_result_ids(app) == expected["ProductId"].tolist()
@@ -88,7 +94,7 @@ def test_k_filters_colour_weight_and_all_genders_reach_the_engine(app, index):
 
 def test_words_of_a_title_offer_the_matching_products_to_pick_from(app, index):
     words = "sports shoes"
-    matches = helpers.find_products(index.catalog, words, limit=50)
+    matches = find_products(index.catalog, words, limit=50)
     assert len(matches) > 1, "the catalogue should have several sports shoes"
     search(app, words)
     assert app.selectbox(key="title_match").options == [
@@ -99,7 +105,7 @@ def test_words_of_a_title_offer_the_matching_products_to_pick_from(app, index):
     app.selectbox(key="title_match").set_value(second).run()
     assert not app.exception
     assert captions(app)[0] == f"Query · {second}"
-    assert shown_result_ids(app) == helpers.similar_products(index, second, k=5)["ProductId"].tolist()
+    assert shown_result_ids(app) == similar_products(index, second, k=5)["ProductId"].tolist()
 
 
 def test_an_uploaded_catalogue_photo_finds_itself_first(app, index):
@@ -114,7 +120,7 @@ def test_an_uploaded_catalogue_photo_finds_itself_first(app, index):
     assert len(shown) == 5
     first = index.catalog.loc[index.positions[shown[0]]]
     assert first["duplicate_group"] == product["duplicate_group"]  # itself, or a byte-identical copy
-    assert shown == helpers.similar_to_image(index, photo, k=5)["ProductId"].tolist()
+    assert shown == similar_to_image(index, photo, k=5)["ProductId"].tolist()
 
 
 def test_the_sidebar_names_the_backbone_and_weights_in_use(app, settings):
@@ -134,7 +140,7 @@ def test_an_empty_id_asks_for_one(app):
 def test_an_unknown_id_says_so_and_suggests_close_ids(app, index):
     unknown = str(max(map(int, index.catalog["ProductId"])) + 1)
     with pytest.raises(KeyError) as expected:
-        helpers.product_row(index.catalog, unknown)
+        product_row(index.catalog, unknown)
     search(app, unknown)
     assert messages(app.error) == [expected.value.args[0]]
     assert unknown in app.error[0].value
@@ -158,8 +164,8 @@ def test_k_out_of_range_says_the_allowed_range(app, k):
 
 @pytest.mark.parametrize("name, content", [("notes.jpg", b"this is a text file, not a photo"), ("empty.png", b"")])
 def test_a_file_that_is_not_an_image_gets_the_image_error(app, name, content):
-    with pytest.raises(helpers.ImageError) as expected:
-        helpers.load_image(content, name=name)
+    with pytest.raises(ImageError) as expected:
+        load_image(content, name=name)
     app.radio(key="mode").set_value("Your photo").run()
     app.file_uploader(key="photo").upload(name, content, "image/jpeg").run()
     assert not app.exception, app.exception
@@ -186,8 +192,8 @@ def test_filters_that_match_nothing_say_so(app, index):
 def test_a_missing_catalogue_folder_shows_the_catalogue_error(monkeypatch, tmp_path):
     missing = tmp_path / "no-catalogue-here"
     monkeypatch.setenv("FASHION_LENS_DATA", str(missing))
-    with pytest.raises(helpers.CatalogError) as expected:
-        helpers.load_catalog(missing)
+    with pytest.raises(CatalogError) as expected:
+        load_catalog(missing)
     app = start_app()
     assert messages(app.error) == [str(expected.value)]
     assert "make data" in app.error[0].value
@@ -210,13 +216,9 @@ def test_random_weights_are_refused_not_shown_as_recommendations(monkeypatch, tm
 
 
 def _resnet50_weights_obtainable() -> bool:
-    if (helpers.keras_cache_dir() / helpers.KERAS_WEIGHT_FILES["resnet50"]).is_file():
+    if (keras_cache_dir() / KERAS_WEIGHT_FILES["resnet50"]).is_file():
         return True
-    try:
-        socket.getaddrinfo("storage.googleapis.com", 443)
-        return True
-    except OSError:
-        return False
+    return imagenet_weights_downloadable()
 
 
 def test_unavailable_resnet50_weights_show_what_to_do(monkeypatch, tmp_path, catalog_dir):
@@ -251,10 +253,10 @@ def test_missing_features_are_computed_then_the_app_answers(monkeypatch, tmp_pat
     manifests = list((tmp_path / "features").glob("*/manifest.json"))
     assert len(manifests) == 1
     assert sum(shard["count"] for shard in json.loads(manifests[0].read_text())["shards"]) == 24
-    index = helpers.load_index(settings=helpers.get_settings(), progress=False)  # reads what the app computed
+    index = load_index(settings=get_settings(), progress=False)  # reads what the app computed
     query = index.catalog["ProductId"].iloc[0]
     assert captions(app)[0] == f"Query · {query}"
-    assert shown_result_ids(app) == helpers.similar_products(index, query, k=5)["ProductId"].tolist()
+    assert shown_result_ids(app) == similar_products(index, query, k=5)["ProductId"].tolist()
     assert "24 products indexed" in " ".join(messages(app.sidebar.caption))
 
     app.number_input(key="k").set_value(3).run()  # later runs reuse the cached index, progress bar gone

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from browser_support import free_port, running_server
 
-import helpers
+from fashion_lens.search import similar_products
+from fashion_lens.storage import atomic_write
 
 pytestmark = pytest.mark.browser
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-SCREENSHOT = PROJECT_DIR / "artifacts" / "screenshots" / "streamlit-app.png"
+SCREENSHOT = PROJECT_DIR / "artifacts" / "test-screenshots" / "streamlit-app.png"
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 RESULT_IMAGES = '.st-key-results [data-testid="stImage"] img'
 RESULT_CAPTIONS = '.st-key-results [data-testid="stImageCaption"]'
@@ -48,14 +49,14 @@ def save_whole_page(page, path: Path) -> None:
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]')?.scrollHeight ?? 0")
     page.set_viewport_size({"width": 1400, "height": max(1500, min(int(height), 5000))})
     path.parent.mkdir(parents=True, exist_ok=True)
-    with helpers.atomic_write(path) as handle:
+    with atomic_write(path) as handle:
         handle.write(page.screenshot(full_page=True))
 
 
 def test_a_query_renders_k_result_photos_with_their_captions(browser, index, tmp_path):
     product_id = index.catalog.at[index.gender_rows["Men"].start + 2, "ProductId"]
     k = 10
-    expected = helpers.similar_products(index, product_id, k=k)
+    expected = similar_products(index, product_id, k=k)
     server, url = serve_app(tmp_path)
     errors: list[str] = []
     with server:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -28,8 +29,8 @@ if str(PROJECT_DIR) not in sys.path:
     sys.path.insert(0, str(PROJECT_DIR))
 
 import download_data  # noqa: E402
-import helpers  # noqa: E402
 from download_data import DownloadError, copy_catalog, download_catalog  # noqa: E402
+from fashion_lens.catalog import GENDER_FOLDERS, GENDERS, load_catalog  # noqa: E402
 
 CATALOG_ENV = "FASHION_LENS_TEST_CATALOG"
 ROWS_PER_GENDER = {"Boys": 2, "Girls": 1, "Men": 1, "Women": 1}  # 5 products, every folder
@@ -48,31 +49,29 @@ def local_catalog() -> Path:
 
 
 class Handler(SimpleHTTPRequestHandler):
-    """http.server's file handler that records requests and, when the server allows, honours
-    `Range: bytes=N-` (the standard handler ignores Range and always answers 200)."""
+    """http.server's file handler that records requested paths and can break a transfer: for a
+    path in server.faults ({path under /data/: [kind, times]}), the next `times` answers send the
+    headers and half the file, then close the connection ("truncate") or send nothing more
+    until the test ends ("stall")."""
 
     def log_message(self, format, *args):  # keep the test output clean
         pass
 
     def do_GET(self):
-        self.server.log.append((self.path, self.headers.get("Range")))
-        wanted = self.headers.get("Range")
-        if not (self.server.ranges and wanted and wanted.startswith("bytes=") and wanted.endswith("-")):
+        self.server.log.append(self.path)
+        fault = self.server.faults.get(self.path.removeprefix("/data/"))
+        if not fault or fault[1] <= 0:
             return super().do_GET()
-        path = Path(self.translate_path(self.path))
-        if not path.is_file():
-            return self.send_error(404)
-        data, start = path.read_bytes(), int(wanted[len("bytes="):-1])
-        if start >= len(data):
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(data)}")
-            self.send_header("Content-Length", "0")
-            return self.end_headers()
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
+        fault[1] -= 1
+        data = Path(self.translate_path(self.path)).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data[start:])
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        if fault[0] == "stall":
+            self.server.release.wait(30)
+        self.close_connection = True
 
 
 @dataclasses.dataclass
@@ -89,7 +88,7 @@ class Served:
         return self.root_url + "data/"
 
     def requested(self) -> list[str]:
-        return [path for path, _ in self.httpd.log]
+        return list(self.httpd.log)
 
 
 def build_subset(local_catalog: Path, folder: Path) -> list[str]:
@@ -111,7 +110,7 @@ def build_subset(local_catalog: Path, folder: Path) -> list[str]:
         writer.writerows(chosen)
     files = ["fashion.csv"]
     for row in chosen:
-        relative = f"{helpers.GENDER_FOLDERS[row['Gender']]}/{row['Image']}"
+        relative = f"{GENDER_FOLDERS[row['Gender']]}/{row['Image']}"
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local_catalog / relative, folder / relative)
         files.append(relative)
@@ -131,12 +130,13 @@ def served(local_catalog, tmp_path):
     shutil.copyfile(checksums, site / "checks.sha256")  # also served, for --checksums URL
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(site)))
     httpd.daemon_threads = True
-    httpd.log, httpd.ranges = [], False
+    httpd.log, httpd.faults, httpd.release = [], {}, threading.Event()
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield Served(httpd, site / "data", site, files, checksums, f"http://127.0.0.1:{httpd.server_address[1]}/")
     finally:
+        httpd.release.set()  # ends stalled answers
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
@@ -153,9 +153,18 @@ def leftovers(dest: Path) -> list[str]:
 
 
 def assert_complete_copy(served: Served, dest: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
     for name in served.files:
         assert (dest / name).read_bytes() == (served.data / name).read_bytes(), name
+        assert (dest / name).stat().st_mode & 0o777 == 0o666 & ~mask, f"{name} is not readable like a file created here"
     assert leftovers(dest) == []
+
+
+def real_files(dest: Path) -> list[str]:
+    """Files under their real names (outside hidden folders)."""
+    return sorted(str(path.relative_to(dest)) for path in dest.rglob("*")
+                  if path.is_file() and not any(part.startswith(".") for part in path.relative_to(dest).parts))
 
 
 def corrupt(path: Path) -> None:
@@ -166,7 +175,8 @@ def corrupt(path: Path) -> None:
 
 def download(served: Served, dest: Path, **options):
     options.setdefault("checksums", str(served.checksums))
-    return download_catalog(dest, base_url=served.base_url, workers=3, progress=False, timeout=10, **options)
+    options.setdefault("timeout", 10)
+    return download_catalog(dest, base_url=served.base_url, workers=3, progress=False, **options)
 
 
 # ============================================================================
@@ -181,8 +191,8 @@ def test_download_verifies_every_file_and_a_rerun_skips_them(served, tmp_path):
     assert "Downloaded 6 files" in report.message
     assert_complete_copy(served, dest)
     assert sorted(served.requested()) == sorted(f"/data/{name}" for name in served.files)
-    catalog = helpers.load_catalog(dest)
-    assert len(catalog) == 5 and set(catalog["Gender"]) == set(helpers.GENDERS)
+    catalog = load_catalog(dest)
+    assert len(catalog) == 5 and set(catalog["Gender"]) == set(GENDERS)
     # What was verified is recorded, so a re-run needs no checksum argument and no network.
     assert parse_list(dest / "ORIGINALS.sha256") == parse_list(served.checksums)
 
@@ -217,6 +227,7 @@ def test_a_corrupted_file_is_named_and_nothing_is_left_for_it(served, tmp_path):
     message = str(caught.value)
     assert bad in message and "do not match the expected checksum" in message
     assert "1 file(s)" in message and "--from PATH" in message
+    assert served.requested().count(f"/data/{bad}") == 1  # a wrong checksum is final: no retry, no waits
     assert not (dest / bad).exists()
     assert leftovers(dest) == []
     assert not (dest / "ORIGINALS.sha256").exists()  # only written after a complete download
@@ -237,14 +248,13 @@ def test_a_file_missing_on_the_server_is_named_and_nothing_is_half_written(serve
     missing = served.files[-1]
     (served.data / missing).unlink()
     dest = tmp_path / "dest"
-    (dest / missing).parent.mkdir(parents=True)
-    download_data._part_path(dest / missing).write_bytes(b"part of an earlier attempt")
     with pytest.raises(DownloadError) as caught:
         download(served, dest)
     message = str(caught.value)
     assert missing in message and "HTTP 404" in message and "Nothing was written for them" in message
     assert not (dest / missing).exists()
     assert leftovers(dest) == []
+    assert served.requested().count(f"/data/{missing}") == 1  # a 404 is final: not retried
 
 
 def test_a_missing_fashion_csv_stops_before_any_image(served, tmp_path):
@@ -328,38 +338,79 @@ def test_offline_a_complete_folder_is_kept_unchecked_and_an_incomplete_one_fails
 
 
 # ============================================================================
-# Resuming a partial download
+# Interrupted, broken and stalled transfers
 # ============================================================================
 
 
-def test_a_partial_file_is_resumed_with_a_range_request(served, tmp_path):
-    served.httpd.ranges = True
-    dest = tmp_path / "dest"
-    good, stale = served.files[1], served.files[2]
-    good_bytes, stale_bytes = (served.data / good).read_bytes(), (served.data / stale).read_bytes()
-    half = len(good_bytes) // 2
-    (dest / good).parent.mkdir(parents=True, exist_ok=True)
-    (dest / stale).parent.mkdir(parents=True, exist_ok=True)
-    download_data._part_path(dest / good).write_bytes(good_bytes[:half])
-    download_data._part_path(dest / stale).write_bytes(b"\0" * 100)  # not a prefix of the real file
+def test_a_broken_transfer_is_retried(served, tmp_path):
+    name = served.files[2]
+    served.httpd.faults[name] = ["truncate", 1]  # the first answer breaks off halfway
+    report = download(served, tmp_path / "dest")
+    assert report.fetched == 6
+    assert served.requested().count(f"/data/{name}") == 2
+    assert_complete_copy(served, tmp_path / "dest")
 
+
+def test_a_transfer_that_keeps_breaking_leaves_nothing_half_written_and_a_rerun_fetches_the_rest(served, tmp_path):
+    dest, name = tmp_path / "dest", served.files[2]
+    served.httpd.faults[name] = ["truncate", 99]
+    with pytest.raises(DownloadError) as caught:
+        download(served, dest)
+    message = str(caught.value)
+    assert "broke off the transfer" in message and name in message and "re-run" in message.lower()
+    assert served.requested().count(f"/data/{name}") == download_data.ATTEMPTS
+    assert not (dest / name).exists() and leftovers(dest) == []
+    present = real_files(dest)
+    for relative in present:  # whatever is under its real name is a complete original
+        assert (dest / relative).read_bytes() == (served.data / relative).read_bytes()
+
+    served.httpd.faults.clear()
+    served.httpd.log.clear()
     report = download(served, dest)
-    assert report.fetched == 6
+    assert sorted(served.requested()) == sorted(f"/data/{n}" for n in served.files if n not in present)
+    assert report.fetched == 6 - len(present)
     assert_complete_copy(served, dest)
-    ranges = {path: [rng for p, rng in served.httpd.log if p == path] for path in (f"/data/{good}", f"/data/{stale}")}
-    assert ranges[f"/data/{good}"] == [f"bytes={half}-"]  # only the missing half was transferred
-    assert ranges[f"/data/{stale}"] == ["bytes=100-", None]  # resumed, failed verification, fetched in full
-    assert len(stale_bytes) > 100
 
 
-def test_a_partial_file_is_replaced_when_the_server_ignores_range(served, tmp_path):
-    dest, name = tmp_path / "dest", served.files[4]
-    (dest / name).parent.mkdir(parents=True)
-    download_data._part_path(dest / name).write_bytes(b"garbage from an earlier run")
-    report = download(served, dest)  # http.server answers 200 with the whole file
-    assert report.fetched == 6
-    assert [rng for path, rng in served.httpd.log if path == f"/data/{name}"] == ["bytes=27-"]
-    assert_complete_copy(served, dest)
+def test_a_stalled_download_gives_up_after_a_bounded_time(served, tmp_path):
+    dest, name = tmp_path / "dest", served.files[3]
+    served.httpd.faults[name] = ["stall", 99]  # headers and half the photo, then silence
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as caught:
+        download(served, dest, timeout=1)
+    elapsed = time.monotonic() - started
+    message = str(caught.value)
+    assert "sent nothing for 1 s" in message and "stalled" in message and "--timeout" in message and name in message
+    assert served.requested().count(f"/data/{name}") == download_data.ATTEMPTS
+    assert elapsed < download_data.ATTEMPTS * 1 + 3 + 6  # tries x timeout + pooch's waits (1 s, 2 s) + slack
+    assert not (dest / name).exists() and leftovers(dest) == []
+
+
+def test_a_killed_run_leaves_no_half_file_and_the_next_run_fetches_only_what_is_missing(served, tmp_path):
+    dest, stalled = tmp_path / "dest", served.files[3]
+    served.httpd.faults[stalled] = ["stall", 1]
+    command = [sys.executable, str(PROJECT_DIR / "download_data.py"), "--no-progress", "--workers", "1", "--dest", str(dest),
+               "--base-url", served.base_url, "--checksums", str(served.checksums)]
+    process = subprocess.Popen(command, cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while f"/data/{stalled}" not in served.requested() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"/data/{stalled}" in served.requested(), "the download never reached the stalled file"
+        time.sleep(0.2)  # half the photo is written by now
+    finally:
+        process.kill()
+        process.wait(10)
+    done = served.files[:3]  # --workers 1: fashion.csv, then the images in order
+    assert real_files(dest) == sorted(done)  # nothing half-written under a real name
+    for relative in done:
+        assert (dest / relative).read_bytes() == (served.data / relative).read_bytes()
+
+    served.httpd.log.clear()
+    report = download(served, dest)
+    assert sorted(served.requested()) == sorted(f"/data/{name}" for name in served.files[3:])
+    assert (report.fetched, report.skipped) == (3, 3)
+    assert_complete_copy(served, dest)  # the killed run's temporary files are gone too
 
 
 # ============================================================================
@@ -442,7 +493,7 @@ def test_copy_from_a_local_folder(served, tmp_path):
     assert "5 products" in report.message and "Boys 2, Girls 1, Men 1, Women 1" in report.message
     assert_complete_copy(served, dest)
     assert not any(path.is_symlink() for path in dest.rglob("*"))
-    assert len(helpers.load_catalog(dest)) == 5
+    assert len(load_catalog(dest)) == 5
 
     again = copy_catalog(served.data, dest, progress=False)
     assert (again.fetched, again.skipped) == (0, 6) and "Nothing to copy" in again.message
@@ -453,7 +504,7 @@ def test_copy_refuses_an_incomplete_or_invalid_source(served, tmp_path):
     with pytest.raises(DownloadError, match="incomplete.*1 of 5 products have no image file"):
         copy_catalog(served.data, tmp_path / "copy", progress=False)
     (served.data / "fashion.csv").unlink()
-    with pytest.raises(helpers.CatalogError, match="fashion.csv is missing"):
+    with pytest.raises(DownloadError, match="fashion.csv is missing"):
         copy_catalog(served.data, tmp_path / "copy", progress=False)
     with pytest.raises(DownloadError, match="no such folder"):
         copy_catalog(tmp_path / "nowhere", tmp_path / "copy", progress=False)
@@ -465,7 +516,7 @@ def test_link_makes_the_destination_a_symlink(served, tmp_path):
     report = copy_catalog(served.data, dest, link=True, progress=False)
     assert dest.is_symlink() and dest.resolve() == served.data.resolve()
     assert "Linked" in report.message and "5 products" in report.message
-    assert len(helpers.load_catalog(dest)) == 5
+    assert len(load_catalog(dest)) == 5
 
     # A download must not write through the link into the linked folder.
     with pytest.raises(DownloadError, match="symlink"):

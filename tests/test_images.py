@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import helpers
+from fashion_lens.colour import colour_descriptor
+from fashion_lens.errors import ImageError
+from fashion_lens.images import GEOMETRIES, WHITE_THRESHOLD, foreground_box, load_image, to_square
 
 
 @pytest.fixture
@@ -22,13 +24,13 @@ def _png_bytes(image):
 
 def test_catalogue_photo_loads_as_rgb_from_path_bytes_file_and_pil(catalog):
     path = catalog["image_path"].iloc[0]
-    from_path = np.asarray(helpers.load_image(path))
+    from_path = np.asarray(load_image(path))
     with open(path, "rb") as handle:
         data = handle.read()
     assert from_path.shape == (320, 240, 3)
-    assert np.array_equal(from_path, np.asarray(helpers.load_image(data)))
-    assert np.array_equal(from_path, np.asarray(helpers.load_image(io.BytesIO(data))))
-    assert np.array_equal(from_path, np.asarray(helpers.load_image(Image.open(path))))
+    assert np.array_equal(from_path, np.asarray(load_image(data)))
+    assert np.array_equal(from_path, np.asarray(load_image(io.BytesIO(data))))
+    assert np.array_equal(from_path, np.asarray(load_image(Image.open(path))))
 
 
 def test_transparent_png_becomes_white_where_transparent(photo):
@@ -36,26 +38,26 @@ def test_transparent_png_becomes_white_where_transparent(photo):
     alpha = np.full(rgba.size[::-1], 255, np.uint8)
     alpha[:10, :10] = 0
     rgba.putalpha(Image.fromarray(alpha))
-    loaded = np.asarray(helpers.load_image(_png_bytes(rgba)))
+    loaded = np.asarray(load_image(_png_bytes(rgba)))
     assert loaded.shape[2] == 3 and (loaded[:10, :10] == 255).all()
 
 
 def test_grayscale_cmyk_and_16_bit_images_are_converted(photo):
-    grey = helpers.load_image(_png_bytes(photo.convert("L")))
+    grey = load_image(_png_bytes(photo.convert("L")))
     assert grey.mode == "RGB"
     cmyk = io.BytesIO()
     photo.convert("CMYK").save(cmyk, "JPEG")
-    assert helpers.load_image(cmyk.getvalue()).mode == "RGB"
+    assert load_image(cmyk.getvalue()).mode == "RGB"
     sixteen = Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257)
     assert sixteen.mode.startswith("I")
-    loaded = np.asarray(helpers.load_image(_png_bytes(sixteen)))
+    loaded = np.asarray(load_image(_png_bytes(sixteen)))
     assert loaded.shape[2] == 3
     assert abs(int(loaded.mean()) - int(np.asarray(photo.convert("L")).mean())) <= 2  # scaled, not clipped
 
 
 def test_one_pixel_image_still_gives_a_network_input():
     tiny = Image.new("RGB", (1, 1), (200, 30, 30))
-    square = helpers.to_square(helpers.load_image(_png_bytes(tiny)), "pad")
+    square = to_square(load_image(_png_bytes(tiny)), "pad")
     assert square.shape == (224, 224, 3)
 
 
@@ -64,50 +66,248 @@ def test_one_pixel_image_still_gives_a_network_input():
     (b"this is a text file, not a photo", "not an image"),
 ])
 def test_non_images_get_a_clear_error(data, message):
-    with pytest.raises(helpers.ImageError, match=message):
-        helpers.load_image(data, name="upload.jpg")
+    with pytest.raises(ImageError, match=message):
+        load_image(data, name="upload.jpg")
 
 
 def test_truncated_jpeg_is_reported_as_damaged(catalog):
     data = open(catalog["image_path"].iloc[0], "rb").read()
-    with pytest.raises(helpers.ImageError, match="damaged or truncated"):
-        helpers.load_image(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        load_image(data[: len(data) // 2])
 
 
-def test_huge_image_is_refused_before_decoding(monkeypatch, photo):
-    monkeypatch.setattr(helpers, "MAX_IMAGE_PIXELS", 100 * 100)
-    with pytest.raises(helpers.ImageError, match="more than the 10,000 allowed"):
-        helpers.load_image(_png_bytes(photo))
+def test_huge_image_is_refused_before_decoding(photo):
+    with pytest.raises(ImageError, match="more than the 10,000 allowed"):
+        load_image(_png_bytes(photo), max_pixels=100 * 100)
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(helpers.ImageError, match="does not exist"):
-        helpers.load_image(tmp_path / "nope.jpg")
+    with pytest.raises(ImageError, match="does not exist"):
+        load_image(tmp_path / "nope.jpg")
 
 
-@pytest.mark.parametrize("geometry", helpers.GEOMETRIES)
+@pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_every_geometry_gives_a_224_square(photo, geometry):
-    assert helpers.to_square(photo, geometry).shape == (224, 224, 3)
+    assert to_square(photo, geometry).shape == (224, 224, 3)
 
 
 def test_pad_keeps_the_shape_with_white_sides_and_stretch_does_not(photo):
-    padded = helpers.to_square(photo, "pad")
+    padded = to_square(photo, "pad")
     # a 240x320 portrait scaled to 168x224: 28 white columns on each side
     assert (padded[:, :25] == 255).all() and (padded[:, -25:] == 255).all()
-    stretched = helpers.to_square(photo, "stretch")
+    stretched = to_square(photo, "stretch")
     assert not np.array_equal(stretched, padded)
 
 
 def test_crop_fills_the_frame_with_the_product(photo):
-    box = helpers.foreground_box(photo)
+    box = foreground_box(photo)
     assert box[2] - box[0] < photo.width or box[3] - box[1] < photo.height
-    cropped = helpers.to_square(photo, "crop")
-    assert (cropped < helpers.WHITE_THRESHOLD).any(axis=2).mean() > (helpers.to_square(photo, "pad") < helpers.WHITE_THRESHOLD).any(axis=2).mean()
+    cropped = to_square(photo, "crop")
+    assert (cropped < WHITE_THRESHOLD).any(axis=2).mean() > (to_square(photo, "pad") < WHITE_THRESHOLD).any(axis=2).mean()
 
 
 def test_colour_descriptor_ignores_the_white_background(photo):
     wider = Image.new("RGB", (photo.width * 2, photo.height), (255, 255, 255))
     wider.paste(photo, (0, 0))
-    a, b = helpers.colour_descriptor(photo), helpers.colour_descriptor(wider)
+    a, b = colour_descriptor(photo), colour_descriptor(wider)
     assert float(a @ b) > 0.97
     assert np.isclose(np.linalg.norm(a), 1.0)
+
+
+# ---- fast: synthetic photos drawn here, no catalogue -------------------------------------------
+
+RED = (210, 30, 40)
+PRODUCT_BOX = (30, 50, 89, 129)  # the drawn product: columns 30..89, rows 50..129 (inclusive)
+
+
+@pytest.fixture
+def drawn_photo():
+    """A 120x160 portrait, white, with a red rectangular product: exact edges, for lossless formats."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (120, 160), (255, 255, 255))
+    ImageDraw.Draw(image).rectangle(PRODUCT_BOX, fill=RED)
+    return image
+
+
+def _encoded(image, fmt, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.fast
+def test_fast_a_photo_loads_the_same_from_a_path_bytes_a_file_object_or_pil(drawn_photo, tmp_path):
+    png = tmp_path / "photo.png"
+    drawn_photo.save(png)
+    expected = np.asarray(drawn_photo)
+    for source in (png, str(png), png.read_bytes(), io.BytesIO(png.read_bytes()), Image.open(png), drawn_photo):
+        loaded = load_image(source)
+        assert loaded.mode == "RGB" and np.array_equal(np.asarray(loaded), expected), type(source)
+    jpeg = tmp_path / "photo.jpg"
+    drawn_photo.save(jpeg, quality=90)
+    from_path = np.asarray(load_image(jpeg))
+    assert from_path.shape == (160, 120, 3) and np.array_equal(from_path, np.asarray(load_image(jpeg.read_bytes())))
+    assert np.abs(from_path.astype(int) - expected).mean() < 3  # JPEG, yet the same picture
+
+
+@pytest.mark.fast
+def test_fast_empty_files_and_uploads_are_refused_by_name(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty.jpg is empty \\(0 bytes\\)"):
+        load_image(empty)
+    with pytest.raises(ImageError, match="my upload is empty"):
+        load_image(b"", name="my upload")
+    with pytest.raises(ImageError, match="the upload is empty"):
+        load_image(io.BytesIO(b""))
+
+
+@pytest.mark.fast
+def test_fast_a_file_that_is_not_an_image_is_refused_even_named_jpg(tmp_path):
+    text = tmp_path / "shopping.jpg"
+    text.write_text("socks, laces, polish")
+    with pytest.raises(ImageError, match="shopping.jpg is not an image") as raised:
+        load_image(text)
+    assert "JPEG or PNG" in str(raised.value)
+    with pytest.raises(ImageError, match="notes.png is not an image"):
+        load_image(b"%PDF-1.4 not a photo", name="notes.png")
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_fast_a_truncated_photo_is_reported_as_damaged(drawn_photo, fmt, tmp_path):
+    data = _encoded(drawn_photo, fmt)
+    assert load_image(data).size == (120, 160)  # whole, it loads
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        load_image(path)
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        load_image(data[: len(data) // 2])
+
+
+@pytest.mark.fast
+def test_fast_a_photo_with_more_pixels_than_allowed_is_refused(drawn_photo):
+    data = _encoded(drawn_photo, "PNG")
+    with pytest.raises(ImageError, match="is 120x160 pixels, more than the 19,199 allowed") as raised:
+        load_image(data, max_pixels=120 * 160 - 1)
+    assert "Resize" in str(raised.value)
+    assert load_image(data, max_pixels=120 * 160).size == (120, 160)  # the limit itself is allowed
+
+
+@pytest.mark.fast
+def test_fast_a_decompression_bomb_is_refused_before_decoding():
+    """A PNG whose header claims 100000x100000 pixels (10 gigapixels) and holds none of them."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    with pytest.raises(ImageError, match="too large|more than the"):
+        load_image(bomb, name="bomb.png")
+
+
+@pytest.mark.fast
+def test_fast_transparent_pixels_become_white_and_half_transparent_ones_blend(drawn_photo):
+    rgba = drawn_photo.convert("RGBA")
+    alpha = np.full((160, 120), 255, np.uint8)
+    alpha[60:80, 40:60] = 0      # inside the red product: a hole
+    alpha[100:120, 40:60] = 128  # half see-through
+    rgba.putalpha(Image.fromarray(alpha))
+    loaded = np.asarray(load_image(_encoded(rgba, "PNG"))).astype(int)
+    assert loaded.shape == (160, 120, 3)
+    assert (loaded[60:80, 40:60] == 255).all()
+    assert np.abs(loaded[100:120, 40:60] - (np.array(RED) * 128 + 255 * 127) / 255).max() <= 1
+    assert (loaded[90, 40:60] == RED).all()  # opaque pixels keep their colour
+
+    grey_alpha = Image.new("LA", (10, 10), (0, 0))  # black, fully transparent
+    assert (np.asarray(load_image(_encoded(grey_alpha, "PNG"))) == 255).all()
+    palette = drawn_photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    red_index = palette.getpixel((50, 70))
+    transparent_red = _encoded(palette, "PNG", transparency=red_index)
+    assert (np.asarray(load_image(transparent_red)) == 255).all()  # the red index was the see-through one
+
+
+@pytest.mark.fast
+def test_fast_16_bit_png_is_scaled_to_8_bits_not_clipped():
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
+    image = Image.fromarray(ramp)
+    assert image.mode == "I;16"
+    loaded = np.asarray(load_image(_encoded(image, "PNG")))
+    assert loaded.shape == (8, 64, 3) and loaded.dtype == np.uint8
+    assert np.abs(loaded[0, :, 0].astype(int) - np.round(np.linspace(0, 255, 64))).max() <= 1
+    dark = Image.fromarray(np.full((8, 8), 200, np.uint16))  # 200 of 65535: nearly black, not level 200
+    assert np.asarray(load_image(_encoded(dark, "PNG"))).max() <= 1
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("size", [(120, 160), (160, 120), (1, 1), (300, 40)])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_fast_every_geometry_gives_the_asked_square_of_uint8_rgb(geometry, size):
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", size, (255, 255, 255))
+    ImageDraw.Draw(image).ellipse([0, 0, size[0] // 2, size[1] // 2], fill=RED)
+    for side in (224, 97):
+        square = to_square(image, geometry, side)
+        assert square.shape == (side, side, 3) and square.dtype == np.uint8
+
+
+@pytest.mark.fast
+def test_fast_an_unknown_geometry_names_the_choices(drawn_photo):
+    from fashion_lens.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="Unknown geometry 'zoom'; choose one of stretch, pad, crop"):
+        to_square(drawn_photo, "zoom")
+
+
+@pytest.mark.fast
+def test_fast_pad_keeps_the_shape_on_white_and_stretch_distorts_it(drawn_photo):
+    portrait = to_square(drawn_photo, "pad", 224)
+    # 120x160 scaled to 168x224: 28 white columns on each side, none at the top or bottom
+    assert (portrait[:, :27] == 255).all() and (portrait[:, -27:] == 255).all()
+    assert not (portrait[:, 28:196] == 255).all(axis=(0, 2)).all()
+    landscape = to_square(drawn_photo.transpose(Image.Transpose.ROTATE_90), "pad", 224)
+    assert (landscape[:27] == 255).all() and (landscape[-27:] == 255).all()
+    stretched = to_square(drawn_photo, "stretch", 224)
+    assert np.array_equal(stretched, np.asarray(drawn_photo.resize((224, 224), Image.Resampling.NEAREST)))
+    red_rows = (stretched == RED).all(axis=2).any(axis=1)
+    red_cols = (stretched == RED).all(axis=2).any(axis=0)
+    # the 60x80 product stretched to the square's proportions: 112 wide, 112 high
+    assert abs(red_cols.sum() - 112) <= 2 and abs(red_rows.sum() - 112) <= 2
+
+
+@pytest.mark.fast
+def test_fast_crop_cuts_to_the_product_box_with_a_small_margin(drawn_photo):
+    left, top, right, bottom = PRODUCT_BOX
+    width, height = right + 1 - left, bottom + 1 - top
+    margin_x, margin_y = int(0.04 * width) + 1, int(0.04 * height) + 1
+    assert foreground_box(drawn_photo) == (left - margin_x, top - margin_y, right + 1 + margin_x, bottom + 1 + margin_y)
+    assert foreground_box(Image.new("RGB", (50, 70), (255, 255, 255))) == (0, 0, 50, 70)  # nothing to crop to
+    corner = Image.new("RGB", (120, 160), (255, 255, 255))
+    corner.paste(Image.new("RGB", (10, 10), RED), (0, 150))
+    assert foreground_box(corner) == (0, 149, 11, 160)  # the margin stops at the photo's edges
+
+    cropped = to_square(drawn_photo, "crop", 224)
+    product = (cropped < WHITE_THRESHOLD).any(axis=2)
+    padded = (to_square(drawn_photo, "pad", 224) < WHITE_THRESHOLD).any(axis=2)
+    # padded, the 60x80 product is scaled as the 120x160 photo; cropped, as its 66x88 box: the product fills the frame
+    assert product.mean() == pytest.approx(width * height * (224 / (height + 2 * margin_y)) ** 2 / 224**2, abs=0.02)
+    assert padded.mean() == pytest.approx(width * height * (224 / 160) ** 2 / 224**2, abs=0.02)
+    rows, cols = np.flatnonzero(product.any(axis=1)), np.flatnonzero(product.any(axis=0))
+    assert rows[0] <= 10 and rows[-1] >= 213  # the taller side spans the square, up to the margin
+    assert abs((cols[0] + cols[-1]) / 2 - 111.5) <= 2  # and the product sits in the middle
+
+
+@pytest.mark.fast
+def test_fast_a_phone_photo_is_turned_upright_by_its_exif_orientation(drawn_photo):
+    stored = drawn_photo.transpose(Image.Transpose.ROTATE_90)  # the sensor's landscape frame
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to display
+    loaded = load_image(_encoded(stored, "JPEG", quality=95, exif=exif.tobytes()))
+    assert loaded.size == (120, 160)
+    assert np.abs(np.asarray(loaded).astype(int) - np.asarray(drawn_photo)).mean() < 3

@@ -14,8 +14,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-import helpers
 import run_notebooks
+from fashion_lens.catalog import load_catalog, sample_catalog
+from fashion_lens.index import load_index
+from fashion_lens.search import similar_products
+from fashion_lens.settings import get_settings
 
 NOTEBOOKS = run_notebooks.notebook_paths()
 SAMPLE = 15  # products per gender: every method and plot runs, in a few minutes for all chapters
@@ -62,7 +65,7 @@ def test_notebook_opens_like_a_chapter_and_ends_with_takeaways_and_the_next_link
 
     code = code_cells(notebook)
     setup = code[0].source
-    assert "%autoreload 2" in setup and "import helpers as h" in setup and "h.show_versions()" in setup
+    assert "%autoreload 2" in setup and "import helpers as h" in setup and "h.setup_notebook()" in setup
     tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1 and tagged[0] is code[1], f"{path.name}: the second code cell must be the one tagged 'parameters'"
     assert re.search(r"^BACKBONE = None\b", tagged[0].source, re.M) and re.search(r"^SAMPLE = None\b", tagged[0].source, re.M)
@@ -103,7 +106,7 @@ def test_only_picks_chapters_by_number_and_rejects_unknown_ones():
         run_notebooks.notebook_paths("01,09")
 
 
-def test_a_failing_notebook_stops_the_run_naming_the_notebook_and_the_cell(tmp_path, monkeypatch, capsys):
+def test_a_failing_notebook_stops_the_run_naming_the_notebook_and_the_cell(tmp_path, capsys):
     folder = tmp_path / "notebooks"
     folder.mkdir()
     for name, cells in {"01_fine": ["x = 1", "print(x)"], "02_broken": ["y = 2", "1 / 0", "print(y)"],
@@ -111,10 +114,9 @@ def test_a_failing_notebook_stops_the_run_naming_the_notebook_and_the_cell(tmp_p
         notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
         notebook.cells[0].metadata["tags"] = ["parameters"]
         nbformat.write(notebook, folder / f"{name}.ipynb")
-    monkeypatch.setattr(run_notebooks, "NOTEBOOK_DIR", folder)
     output = tmp_path / "out"
 
-    assert run_notebooks.main(["--output", str(output)]) == 1
+    assert run_notebooks.main(["--output", str(output), "--notebooks", str(folder)]) == 1
 
     message = capsys.readouterr().err
     assert "02_broken.ipynb failed in code cell" in message and "1 / 0" in message and "ZeroDivisionError" in message
@@ -166,10 +168,10 @@ def test_the_recommender_chapter_shows_the_engines_answer_and_the_widget(sample_
         pytest.skip("04_recommender was not executed in this session")
     monkeypatch.setenv("FASHION_LENS_ARTIFACTS", str(sample_artifacts))
     executed = read(page)
-    settings = helpers.get_settings(backbone="mobilenet_v2")
-    catalog = helpers.sample_catalog(helpers.load_catalog(settings.data_dir), per_gender=SAMPLE, keep=["13683"])
-    index = helpers.load_index(catalog, settings, progress=False)  # read back from the cache the notebook filled
-    expected = helpers.similar_products(index, "13683", k=5)["ProductId"].tolist()
+    settings = get_settings(backbone="mobilenet_v2")
+    catalog = sample_catalog(load_catalog(settings.data_dir), per_gender=SAMPLE, keep=["13683"])
+    index = load_index(catalog, settings, progress=False)  # read back from the cache the notebook filled
+    expected = similar_products(index, "13683", k=5)["ProductId"].tolist()
 
     table = next(cell for cell in code_cells(executed) if cell.source == 'results.drop(columns="image_path")')
     shown = table.outputs[0]["data"]["text/plain"]  # rows: "<row>  <rank>  <ProductId>  ..."

@@ -21,8 +21,11 @@ if os.environ.get("FASHION_LENS_REQUIRE_RAY") == "1":
 else:
     pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-scale.txt")
 
-import helpers  # noqa: E402
 import scale_out  # noqa: E402
+from fashion_lens.errors import FeatureCacheWarning  # noqa: E402
+from fashion_lens.feature_cache import extract_features, feature_cache_dir, read_feature_cache  # noqa: E402
+from fashion_lens.features import default_recipe, resolve_recipe  # noqa: E402
+from fashion_lens.storage import file_sha256  # noqa: E402
 
 WORKERS = 2
 # Ray Data's own settings object warns about its deprecated fields whenever it is copied
@@ -41,7 +44,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def recipe(settings):
-    return helpers.resolve_recipe(helpers.default_recipe(settings))
+    return resolve_recipe(default_recipe(settings))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def rows(catalog):
 
 @pytest.fixture(scope="module")
 def single_process(rows, recipe, tmp_path_factory):
-    return helpers.extract_features(rows, recipe, artifacts_dir=tmp_path_factory.mktemp("single"), progress=False)
+    return extract_features(rows, recipe, artifacts_dir=tmp_path_factory.mktemp("single"), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +72,8 @@ def manifest_shards(cache_dir):
 def read_cache_strictly(cache_dir, recipe):
     """The whole cache, with any damaged, missing or foreign shard turned into a test failure."""
     with warnings.catch_warnings():
-        warnings.simplefilter("error", helpers.FeatureCacheWarning)
-        return helpers.read_feature_cache(cache_dir, recipe)
+        warnings.simplefilter("error", FeatureCacheWarning)
+        return read_feature_cache(cache_dir, recipe)
 
 
 def assert_same_descriptors(stored, expected):
@@ -96,7 +99,7 @@ def test_an_unreachable_cluster_address_is_explained_quickly(recipe, rows, tmp_p
 def test_ray_workers_compute_the_single_process_features_into_the_same_cache(distributed, rows, recipe, single_process):
     report, artifacts = distributed
     assert (report.requested, report.dispatched, report.computed, report.failures) == (len(rows), len(rows), len(rows), {})
-    assert report.cache_dir == helpers.feature_cache_dir(recipe, artifacts)
+    assert report.cache_dir == feature_cache_dir(recipe, artifacts)
     stored = read_cache_strictly(report.cache_dir, recipe)
     assert sorted(stored["ids"]) == sorted(rows["ProductId"])  # every product once, nothing else
     assert dict(zip(stored["ids"], stored["fingerprints"])) == dict(zip(rows["ProductId"], rows["image_sha256"]))
@@ -109,7 +112,7 @@ def test_a_second_run_sends_nothing_out_and_the_single_process_path_computes_not
     shards_before = manifest_shards(report.cache_dir)
 
     again = scale_out.extract_features_on_ray(rows, recipe, workers=WORKERS, artifacts_dir=artifacts, progress=False)
-    features = helpers.extract_features(rows, recipe, artifacts_dir=artifacts, progress=False)
+    features = extract_features(rows, recipe, artifacts_dir=artifacts, progress=False)
 
     assert (again.dispatched, again.computed) == (0, 0)
     assert "nothing sent out" in str(again)
@@ -121,12 +124,12 @@ def test_a_lost_worker_is_replaced_and_only_missing_photos_are_sent_out(local_ra
     artifacts, marker = tmp_path / "artifacts", tmp_path / "worker-crashed"
     some = rows.head(160)
     # a cache that already holds 64 of them, written by the single-process path
-    helpers.extract_features(some.head(64), recipe, artifacts_dir=artifacts, progress=False)
+    extract_features(some.head(64), recipe, artifacts_dir=artifacts, progress=False)
     # and one product whose photo is not an image
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"these bytes are not a JPEG")
     with_broken = pd.concat([some, pd.DataFrame([{"ProductId": "990001", "image_path": str(broken),
-                                                  "image_sha256": helpers.file_sha256(broken)}])], ignore_index=True)
+                                                  "image_sha256": file_sha256(broken)}])], ignore_index=True)
 
     with pytest.warns(UserWarning, match="1 photo.* could not be read.*990001"):
         report = scale_out.extract_features_on_ray(with_broken, recipe, workers=WORKERS, artifacts_dir=artifacts,
@@ -143,10 +146,10 @@ def test_a_lost_worker_is_replaced_and_only_missing_photos_are_sent_out(local_ra
 
 def test_workers_refuse_weights_other_than_the_drivers(local_ray, rows, recipe, tmp_path):
     # a cache keyed by another weights file than the one the workers hold must not receive their vectors
-    other = dataclasses.replace(recipe, weights="imagenet:sha256=0000000000000000")
+    other = dataclasses.replace(recipe, weights_id="imagenet:sha256=0000000000000000")
     with pytest.raises(scale_out.ScaleOutError, match="WeightsError.*differ from the driver's.*same weights file"):
         scale_out.extract_features_on_ray(rows.head(8), other, workers=1, artifacts_dir=tmp_path, progress=False)
-    assert helpers.read_feature_cache(helpers.feature_cache_dir(other, tmp_path), other)["ids"].size == 0
+    assert read_feature_cache(feature_cache_dir(other, tmp_path), other)["ids"].size == 0
 
 
 def test_bad_arguments_are_refused_with_what_to_do(rows, recipe, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import html
 import io
@@ -9,9 +10,15 @@ import io
 import ipywidgets
 import pandas as pd
 import pytest
+from engine_support import CountingNetwork
 from PIL import Image
 
-import helpers
+from fashion_lens.catalog import find_products
+from fashion_lens.errors import SearchError
+from fashion_lens.images import jpeg_bytes, thumbnail
+from fashion_lens.index import DEFAULT_COLOUR_WEIGHT
+from fashion_lens.search import similar_products, similar_to_image
+from fashion_lens.widget import MAX_MATCHES, recommender_widget
 
 
 def shown_cards(widget):
@@ -30,7 +37,7 @@ def assert_shows(widget, expected: pd.DataFrame):
         assert f"ProductId {row['ProductId']}" in card.caption.value
         assert f"similarity {row['similarity']:.3f}" in card.caption.value
         assert html.escape(row["why"]) in card.caption.value
-        assert card.image.value == helpers.jpeg_bytes(helpers.thumbnail(row["image_path"], widget.thumbnail_size))
+        assert card.image.value == jpeg_bytes(thumbnail(row["image_path"], widget.thumbnail_size))
 
 
 def upload(widget, name: str, content: bytes):
@@ -49,61 +56,61 @@ def product(index):
 
 
 def test_the_widget_is_a_displayable_container_with_classes_for_the_browser(index):
-    widget = helpers.recommender_widget(index)
+    widget = recommender_widget(index)
     assert isinstance(widget, ipywidgets.VBox)
     assert "application/vnd.jupyter.widget-view+json" in widget._repr_mimebundle_()
     assert "fl-results" in widget.grid._dom_classes
     assert widget.results is None and widget.grid.children == ()
     assert (widget.k.min, widget.k.max) == (1, 20)
-    assert widget.colour_weight.value == helpers.DEFAULT_COLOUR_WEIGHT
+    assert widget.colour_weight.value == DEFAULT_COLOUR_WEIGHT
     assert widget.upload.accept == ".jpg,.jpeg,.png"
     assert set(widget.colour.options) == {"any", *index.catalog["Colour"]}
-    with pytest.raises(helpers.SearchError, match="at most 20 results"):
-        helpers.recommender_widget(index, k=21)
+    with pytest.raises(SearchError, match="at most 20 results"):
+        recommender_widget(index, k=21)
 
 
 def test_search_lists_products_of_the_chosen_gender_whose_title_matches(index):
-    widget = helpers.recommender_widget(index)
+    widget = recommender_widget(index)
     widget.gender.value = "Girls"
     widget.search.value = "TOP"
     listed = [option for option in widget.matches.options if option[1]]  # after the prompt
     girls = index.catalog[index.catalog["Gender"] == "Girls"]
-    expected = helpers.find_products(girls, "top", limit=helpers.MAX_MATCHES)
+    expected = find_products(girls, "top", limit=MAX_MATCHES)
     assert [pid for _, pid in listed] == expected["ProductId"].tolist()
     assert listed and all("top" in label.lower() for label, _ in listed)
     assert widget.matches.value == "" and widget.results is None  # listing does not query yet
 
 
 def test_choosing_a_searched_product_shows_exactly_the_engine_results(index, product):
-    widget = helpers.recommender_widget(index)
+    widget = recommender_widget(index)
     widget.gender.value = product["Gender"]
     widget.search.value = product["ProductTitle"][:-3].lower()
     assert product["ProductId"] in [pid for _, pid in widget.matches.options]
     widget.matches.value = product["ProductId"]
 
     assert widget.query.product_id == product["ProductId"]
-    assert_shows(widget, helpers.similar_products(index, product["ProductId"], k=widget.k.value))
-    assert widget.query_image.value == helpers.jpeg_bytes(helpers.thumbnail(product["image_path"], widget.thumbnail_size))
+    assert_shows(widget, similar_products(index, product["ProductId"], k=widget.k.value))
+    assert widget.query_image.value == jpeg_bytes(thumbnail(product["image_path"], widget.thumbnail_size))
     assert html.escape(product["ProductTitle"]) in widget.query_caption.value
     assert widget.message.value == ""
 
 
 def test_typing_a_product_id_queries_it(index, product):
-    widget = helpers.recommender_widget(index)
+    widget = recommender_widget(index)
     widget.product_id.value = f" {product['ProductId']} "
-    assert_shows(widget, helpers.similar_products(index, product["ProductId"], k=widget.k.value))
+    assert_shows(widget, similar_products(index, product["ProductId"], k=widget.k.value))
 
 
 def test_k_filters_colour_weight_and_genders_reach_the_engine(index, product):
-    widget = helpers.recommender_widget(index, product_id=product["ProductId"])
+    widget = recommender_widget(index, product_id=product["ProductId"])
     widget.k.value = 12
-    assert_shows(widget, helpers.similar_products(index, product["ProductId"], k=12))
+    assert_shows(widget, similar_products(index, product["ProductId"], k=12))
     widget.colour_weight.value = 0.0
-    assert_shows(widget, helpers.similar_products(index, product["ProductId"], k=12, colour_weight=0.0))
+    assert_shows(widget, similar_products(index, product["ProductId"], k=12, colour_weight=0.0))
 
     widget.subcategory.value = product["SubCategory"]
     widget.usage.value = product["Usage"]
-    expected = helpers.similar_products(index, product["ProductId"], k=12, colour_weight=0.0,
+    expected = similar_products(index, product["ProductId"], k=12, colour_weight=0.0,
                                         subcategory=product["SubCategory"], usage=product["Usage"])
     assert_shows(widget, expected)
     assert set(widget.results["SubCategory"]) == {product["SubCategory"]}
@@ -113,14 +120,14 @@ def test_k_filters_colour_weight_and_genders_reach_the_engine(index, product):
     widget.usage.value = "any"
     widget.colour.value = "White"
     widget.across_genders.value = True
-    expected = helpers.similar_products(index, product["ProductId"], k=12, colour_weight=0.0,
+    expected = similar_products(index, product["ProductId"], k=12, colour_weight=0.0,
                                         colour="White", across_genders=True)
     assert_shows(widget, expected)
     assert set(widget.results["Colour"]) == {"White"}
 
 
 def test_clicking_a_result_makes_it_the_query_and_back_restores_the_previous_one(index, product):
-    widget = helpers.recommender_widget(index, product_id=product["ProductId"], k=8)
+    widget = recommender_widget(index, product_id=product["ProductId"], k=8)
     first = widget.results.copy()
     assert widget.back_button.disabled
 
@@ -128,7 +135,7 @@ def test_clicking_a_result_makes_it_the_query_and_back_restores_the_previous_one
     clicked_id = clicked.product_id
     clicked.button.click()
     assert widget.query.product_id == clicked_id
-    assert_shows(widget, helpers.similar_products(index, clicked_id, k=8))
+    assert_shows(widget, similar_products(index, clicked_id, k=8))
     assert not widget.back_button.disabled
 
     shown_cards(widget)[0].button.click()
@@ -141,12 +148,11 @@ def test_clicking_a_result_makes_it_the_query_and_back_restores_the_previous_one
     assert widget.back_button.disabled
 
 
-def test_uploaded_catalogue_photo_finds_that_product_first_and_runs_the_network_once(index, product, monkeypatch):
-    calls = []
-    real_run_network = helpers.run_network
-    monkeypatch.setattr(helpers, "run_network", lambda *args, **kwargs: calls.append(1) or real_run_network(*args, **kwargs))
+def test_uploaded_catalogue_photo_finds_that_product_first_and_runs_the_network_once(index, product):
+    network = CountingNetwork()
+    index = dataclasses.replace(index, network=network)
     photo = open(product["image_path"], "rb").read()
-    widget = helpers.recommender_widget(index, k=5)
+    widget = recommender_widget(index, k=5)
     widget.gender.value = product["Gender"]
     upload(widget, "my photo.jpg", photo)
 
@@ -156,12 +162,12 @@ def test_uploaded_catalogue_photo_finds_that_product_first_and_runs_the_network_
     assert widget.results["similarity"].iloc[0] > 0.99
     assert widget.upload.value == ()  # cleared, so the same file can be chosen again
     assert max(Image.open(io.BytesIO(widget.query_image.value)).size) == widget.thumbnail_size
-    assert len(calls) == 1
+    assert network.calls == [1]
 
     widget.k.value = 9
     widget.colour.value = product["Colour"]
-    assert len(calls) == 1  # new settings re-rank the stored descriptor
-    expected = helpers.similar_to_image(index, photo, k=9, gender=product["Gender"], colour=product["Colour"])
+    assert network.calls == [1]  # new settings re-rank the stored descriptor
+    expected = similar_to_image(index, photo, k=9, gender=product["Gender"], colour=product["Colour"])
     pd.testing.assert_frame_equal(widget.results, expected, rtol=1e-4)
     assert [card.product_id for card in shown_cards(widget)] == expected["ProductId"].tolist()
 
@@ -169,14 +175,14 @@ def test_uploaded_catalogue_photo_finds_that_product_first_and_runs_the_network_
     widget.colour.value = "any"
     widget.gender.value = other  # the photo is searched again, among that gender's products
     assert set(widget.results["Gender"]) == {other} and len(widget.results) == 9
-    assert len(calls) == 2  # only similar_to_image above ran the network again
+    assert network.calls == [1, 1]  # only similar_to_image above ran the network again
 
 
 def test_uploaded_duplicate_photo_finds_a_byte_identical_product_first(index):
     catalog = index.catalog
     copies = catalog[catalog["is_duplicate"]]
     duplicate = copies.iloc[0]
-    widget = helpers.recommender_widget(index, k=3)
+    widget = recommender_widget(index, k=3)
     widget.gender.value = duplicate["Gender"]
     upload(widget, "copy.jpg", open(duplicate["image_path"], "rb").read())
     group = set(catalog.loc[catalog["duplicate_group"] == duplicate["duplicate_group"], "ProductId"])
@@ -208,7 +214,7 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_shows_a_message_and_keeps_the_previous_results(index, product, case):
     action, expected_message = BAD_INPUTS[case]
-    widget = helpers.recommender_widget(index, product_id=product["ProductId"])
+    widget = recommender_widget(index, product_id=product["ProductId"])
     before = widget.results.copy()
     shown_before = [card.product_id for card in shown_cards(widget)]
 
@@ -221,9 +227,168 @@ def test_bad_input_shows_a_message_and_keeps_the_previous_results(index, product
 
 
 def test_after_a_filter_left_nothing_resetting_it_shows_results_again(index, product):
-    widget = helpers.recommender_widget(index, product_id=product["ProductId"])
+    widget = recommender_widget(index, product_id=product["ProductId"])
     widget.subcategory.value = _unused_value(index, product["Gender"], "SubCategory")
     assert "No product of" in widget.message.value
     widget.subcategory.value = "any"
     assert widget.message.value == ""
-    assert_shows(widget, helpers.similar_products(index, product["ProductId"], k=widget.k.value))
+    assert_shows(widget, similar_products(index, product["ProductId"], k=widget.k.value))
+
+
+# ---- fast: the widget over a hand-built index with drawn photos, no catalogue or weights --------
+
+@pytest.fixture(scope="module")
+def drawn_index(tmp_path_factory):
+    """24 hand-built products, Men (even rows: Shoes, Black or Blue) and Women (odd rows: Sandal,
+    White or Red), each with a small drawn JPEG of its colour."""
+    from engine_support import hand_built_index
+
+    return hand_built_index(count=24, seed=7, genders=("Men", "Women"), image_dir=tmp_path_factory.mktemp("photos"))
+
+
+def _photo_network(index, product_id):
+    """A network that sees `product_id` in every photo (its descriptor), counting the photos."""
+    import numpy as np
+
+    vector = index.vectors[index.positions[product_id]]
+    return CountingNetwork(network=lambda pixels, recipe: np.repeat(vector[None], len(pixels), axis=0))
+
+
+@pytest.mark.fast
+def test_fast_the_widget_starts_empty_with_the_genders_and_values_of_the_index(drawn_index):
+    widget = recommender_widget(drawn_index)
+    assert isinstance(widget, ipywidgets.VBox)
+    assert widget.query is None and widget.results is None and widget.grid.children == ()
+    assert list(widget.gender.options) == ["Men", "Women"]  # only the genders that have products
+    assert list(widget.colour.options) == ["any", "Black", "Blue", "Red", "White"]
+    assert list(widget.subcategory.options) == ["any", "Sandal", "Shoes"]
+    assert widget.k.value == 6 and widget.colour_weight.value == DEFAULT_COLOUR_WEIGHT
+    assert "Choose a gender" in widget.message.value and "#b00020" not in widget.message.value  # a hint, not an error
+    men = [pid for _, pid in widget.matches.options if pid]
+    assert men == drawn_index.catalog.loc[drawn_index.catalog["Gender"] == "Men", "ProductId"].tolist()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("k, message", [(21, "at most 20 results; got k=21"), (0, "k must be between 1 and 100"),
+                                        ("many", "k must be a whole number")])
+def test_fast_a_bad_k_for_the_widget_is_refused(drawn_index, k, message):
+    with pytest.raises(SearchError, match=message):
+        recommender_widget(drawn_index, k=k)
+
+
+@pytest.mark.fast
+def test_fast_query_product_shows_exactly_the_engine_results_with_photos(drawn_index):
+    widget = recommender_widget(drawn_index, k=4)
+    assert widget.query_product(" 1005 ")
+    assert widget.query.product_id == "1005" and widget.gender.value == "Women"  # the product's own gender
+    assert_shows(widget, similar_products(drawn_index, "1005", k=4))
+    row = drawn_index.catalog.loc[drawn_index.positions["1005"]]
+    assert widget.query_image.value == jpeg_bytes(thumbnail(row["image_path"], widget.thumbnail_size))
+    assert "Product 1005" in widget.query_caption.value and "ProductId 1005 · Women" in widget.query_caption.value
+    assert "4 products most similar to Product 1005 (1005)" in widget.summary.value
+    assert widget.message.value == "" and widget.back_button.disabled
+
+
+@pytest.mark.fast
+def test_fast_typing_an_id_or_choosing_a_searched_product_queries_it(drawn_index):
+    widget = recommender_widget(drawn_index)
+    widget.product_id.value = "1008"
+    assert_shows(widget, similar_products(drawn_index, "1008", k=6))
+    widget.gender.value = "Women"
+    widget.search.value = "product 101"
+    assert [pid for _, pid in widget.matches.options if pid] == ["1011", "1013", "1015", "1017", "1019"]
+    assert widget.query.product_id == "1008"  # listing does not query
+    widget.matches.value = "1013"
+    assert widget.query.product_id == "1013" and widget.history[-1].product_id == "1008"
+    assert_shows(widget, similar_products(drawn_index, "1013", k=6))
+    widget.search.value = "no such title"
+    assert [pid for _, pid in widget.matches.options] == [""]
+    assert "no Women product matches 'no such title'" in widget.matches.options[0][0]
+
+
+@pytest.mark.fast
+def test_fast_k_filters_weight_and_genders_reach_the_engine(drawn_index):
+    widget = recommender_widget(drawn_index, product_id="1004", k=3)
+    widget.k.value = 7
+    assert_shows(widget, similar_products(drawn_index, "1004", k=7))
+    widget.colour_weight.value = 0.0
+    assert_shows(widget, similar_products(drawn_index, "1004", k=7, colour_weight=0.0))
+    widget.colour.value = "Blue"
+    expected = similar_products(drawn_index, "1004", k=7, colour_weight=0.0, colour="Blue")
+    assert_shows(widget, expected)
+    assert set(widget.results["Colour"]) == {"Blue"} and len(widget.results) == 6  # all 6 blue men's products, fewer than k
+    widget.colour.value = "any"
+    before = widget.results.copy()
+    widget.usage.value = "Sports"  # only women's products are for sports
+    assert "No product of Men has Usage Sports" in widget.message.value
+    pd.testing.assert_frame_equal(widget.results, before)  # the previous results stay
+    widget.across_genders.value = True
+    assert widget.message.value == ""
+    assert_shows(widget, similar_products(drawn_index, "1004", k=7, colour_weight=0.0, usage="Sports", across_genders=True))
+    assert set(widget.results["Gender"]) == {"Women"}
+
+
+@pytest.mark.fast
+def test_fast_clicking_a_result_follows_it_and_back_returns(drawn_index):
+    widget = recommender_widget(drawn_index, product_id="1000", k=5)
+    first = widget.results.copy()
+    followed = shown_cards(widget)[1].product_id
+    shown_cards(widget)[1].button.click()
+    assert widget.query.product_id == followed and not widget.back_button.disabled
+    assert_shows(widget, similar_products(drawn_index, followed, k=5))
+    widget.query_product(followed)  # asking for the same product again adds no history
+    assert len(widget.history) == 1
+    widget.back_button.click()
+    assert widget.query.product_id == "1000" and widget.back_button.disabled
+    assert_shows(widget, first)
+    assert not widget.back() and "Nothing to go back to" in widget.message.value
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_fast_bad_input_shows_a_message_and_keeps_the_previous_results(drawn_index, case):
+    action, expected_message = BAD_INPUTS[case]
+    widget = recommender_widget(drawn_index, product_id="1003")
+    before = widget.results.copy()
+    shown_before = [card.product_id for card in shown_cards(widget)]
+
+    action(widget, drawn_index)  # must not raise
+
+    assert html.escape(expected_message) in widget.message.value
+    assert widget.query.product_id == "1003"
+    pd.testing.assert_frame_equal(widget.results, before)
+    assert [card.product_id for card in shown_cards(widget)] == shown_before
+
+
+@pytest.mark.fast
+def test_fast_an_uploaded_photo_runs_the_network_once_and_is_searched_in_the_chosen_gender(drawn_index):
+    from fashion_lens.colour import colour_descriptor, colour_names
+    from fashion_lens.index import describe_photo
+    from fashion_lens.search import similar_to_query
+
+    network = _photo_network(drawn_index, "1006")  # a men's product
+    index = dataclasses.replace(drawn_index, network=network)
+    row = index.catalog.loc[index.positions["1006"]]
+    photo = open(row["image_path"], "rb").read()
+    widget = recommender_widget(index, k=4)
+    upload(widget, "my shoe.jpg", photo)
+
+    assert widget.message.value == "" and network.calls == [1]
+    assert widget.query.product_id is None and widget.query.photo_name == "my shoe.jpg"
+    assert widget.upload.value == ()
+    assert widget.results["ProductId"].iloc[0] == "1006" and set(widget.results["Gender"]) == {"Men"}
+    description = describe_photo(dataclasses.replace(index, network=_photo_network(drawn_index, "1006")), photo)
+    pd.testing.assert_frame_equal(widget.results, similar_to_query(index, description, 4, gender="Men"))
+    names = colour_names(colour_descriptor(Image.open(io.BytesIO(photo)).convert("RGB")))
+    assert f"colours: {', '.join(names)}" in widget.query_caption.value
+    assert max(Image.open(io.BytesIO(widget.query_image.value)).size) == widget.thumbnail_size
+
+    widget.k.value = 9
+    widget.gender.value = "Women"
+    assert network.calls == [1]  # new settings and another gender re-rank the stored description
+    assert len(widget.results) == 9 and set(widget.results["Gender"]) == {"Women"}
+    pd.testing.assert_frame_equal(widget.results, similar_to_query(index, description, 9, gender="Women"))
+    before = widget.results.copy()
+    upload(widget, "notes.png", b"not a photo")
+    assert "notes.png is not an image" in widget.message.value and network.calls == [1]
+    pd.testing.assert_frame_equal(widget.results, before)

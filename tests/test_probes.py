@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-import helpers
+from fashion_lens.catalog import load_catalog, product_row
+from fashion_lens.errors import FeatureCacheWarning
+from fashion_lens.feature_cache import extract_features
+from fashion_lens.features import default_recipe
+from fashion_lens.index import build_index, describe_photo
+from fashion_lens.probes import ATTRIBUTE_PROBES, fit_attribute_probes, probe_inputs
 
 
 def _accuracy(probabilities, classes, labels):
@@ -11,7 +16,7 @@ def _accuracy(probabilities, classes, labels):
 
 
 def test_catalogue_probabilities_are_held_out_not_fitted_on_the_product(index, features):
-    inputs = helpers.probe_inputs(index.vectors, index.colours, index.recipe.pooling)
+    inputs = probe_inputs(index.vectors, index.colours, index.recipe.pooling)
     for target, model in index.attribute_models.items():
         labels = index.catalog[target].to_numpy(dtype=str)
         held_out = _accuracy(index.attributes[target], model.classes, labels)
@@ -21,8 +26,8 @@ def test_catalogue_probabilities_are_held_out_not_fitted_on_the_product(index, f
 
 
 def test_uploaded_photo_gets_probabilities_from_the_full_probes(index):
-    row = helpers.product_row(index.catalog, "13683")
-    query = helpers.describe_photo(index, row["image_path"])
+    row = product_row(index.catalog, "13683")
+    query = describe_photo(index, row["image_path"])
     for target, probabilities in query.attributes.items():
         classes = index.attribute_models[target].classes
         assert classes[probabilities.argmax()] == row[target]
@@ -30,43 +35,42 @@ def test_uploaded_photo_gets_probabilities_from_the_full_probes(index):
 
 @pytest.fixture
 def small(catalog_copy, settings, tmp_path):
-    catalog = helpers.load_catalog(catalog_copy)
-    features = helpers.extract_features(catalog, helpers.default_recipe(settings), artifacts_dir=tmp_path, progress=False)
+    catalog = load_catalog(catalog_copy)
+    features = extract_features(catalog, default_recipe(settings), artifacts_dir=tmp_path, progress=False)
     return catalog, features
 
 
-def test_probes_are_cached_beside_the_features_and_reused(small, monkeypatch):
+def test_probes_are_cached_beside_the_features_and_reused(small):
     catalog, features = small
-    first = helpers.fit_attribute_probes(catalog, features)
+    first = fit_attribute_probes(catalog, features)
     assert len(list(features.cache_dir.glob("attributes-*.npz"))) == 1
-    monkeypatch.setattr(helpers, "_fit_probe", lambda *args: pytest.fail("refitted although cached"))
-    second = helpers.fit_attribute_probes(catalog, features)
-    for target in helpers.ATTRIBUTE_PROBES:
+    second = fit_attribute_probes(catalog, features, fit=lambda *args: pytest.fail("refitted although cached"))
+    for target in ATTRIBUTE_PROBES:
         assert np.array_equal(first[0][target], second[0][target])
 
 
 def test_changed_labels_refit_the_probes(small):
     catalog, features = small
-    helpers.fit_attribute_probes(catalog, features)
+    fit_attribute_probes(catalog, features)
     relabelled = catalog.copy()
     relabelled.loc[0, "Colour"] = "Purple" if relabelled.loc[0, "Colour"] != "Purple" else "Black"
-    out_of_fold, models = helpers.fit_attribute_probes(relabelled, features)
+    out_of_fold, models = fit_attribute_probes(relabelled, features)
     assert len(list(features.cache_dir.glob("attributes-*.npz"))) == 2
     assert relabelled.loc[0, "Colour"] in models["Colour"].classes
 
 
 def test_damaged_probe_file_is_refitted(small):
     catalog, features = small
-    helpers.fit_attribute_probes(catalog, features)
+    fit_attribute_probes(catalog, features)
     path = next(features.cache_dir.glob("attributes-*.npz"))
     path.write_bytes(b"garbage")
-    with pytest.warns(helpers.FeatureCacheWarning, match="damaged"):
-        out_of_fold, _ = helpers.fit_attribute_probes(catalog, features)
+    with pytest.warns(FeatureCacheWarning, match="damaged"):
+        out_of_fold, _ = fit_attribute_probes(catalog, features)
     assert out_of_fold["ProductType"].shape[0] == len(features)
 
 
 def test_small_catalogues_and_reference_features_search_without_probes(small):
     catalog, features = small
-    assert helpers.build_index(catalog, features).attributes is None  # fewer than ATTRIBUTE_MIN_PRODUCTS
-    forced = helpers.build_index(catalog, features, attributes=True)
-    assert set(forced.attributes) == set(helpers.ATTRIBUTE_PROBES)
+    assert build_index(catalog, features).attributes is None  # fewer than ATTRIBUTE_MIN_PRODUCTS
+    forced = build_index(catalog, features, attributes=True)
+    assert set(forced.attributes) == set(ATTRIBUTE_PROBES)

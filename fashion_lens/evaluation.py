@@ -1,0 +1,99 @@
+"""Evaluation: every product is a query; a result is relevant when it shares the query's labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .index import Index, pair_similarities, product_query, top_k
+from .search import check_colour_weight
+
+# A result is relevant when it shares these columns with the query.
+RELEVANCE = {
+    "SubCategory": ("SubCategory",),
+    "ProductType": ("ProductType",),
+    "Colour": ("Colour",),
+    "ProductType and Colour": ("ProductType", "Colour"),
+}
+
+
+def rank_all(index: Index, k: int = 5, colour_weight: float | None = None) -> np.ndarray:
+    """For every product, the rows of its k nearest products of the same gender (query and its
+    byte-identical copies left out), exactly as similar_products ranks them; -1 pads short lists.
+
+    >>> ranks = rank_all(index, k=5, colour_weight=0)  # doctest: +SKIP
+    """
+    colour_weight = check_colour_weight(index, colour_weight)
+    ranks = np.full((len(index), k), -1, dtype=np.int64)
+    for rows in index.gender_rows.values():
+        if rows.stop == rows.start:
+            continue
+        positions = np.arange(rows.start, rows.stop)
+        visual = None
+        if index.metric == "cosine":
+            visual, colour = (index.pair_scores or {}).get((rows.start, rows.stop)) or pair_similarities(index, rows)
+            scores = (1 - colour_weight) * visual.astype(np.float64) + colour_weight * colour
+        else:  # Euclidean, via |a|^2 + |b|^2 - 2ab: one matrix product for the whole slice
+            vectors = index.vectors[rows]
+            squared = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+            scores = -np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2.0 * (vectors @ vectors.T), 0))
+        groups = index.groups[rows]
+        scores[groups[:, None] == groups[None, :]] = -np.inf
+        for offset, position in enumerate(positions):
+            found, _ = top_k(index, product_query(index, position), positions, scores[offset], k, colour_weight,
+                             None if visual is None else visual[offset])
+            ranks[position, :len(found)] = found
+    return ranks
+
+
+def relevance_matrix(index: Index, ranks: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+    """(N, k) booleans: does the result at each rank share `columns` with its query?"""
+    relevant = np.ones(ranks.shape, dtype=bool)
+    for column in columns:
+        values = index.catalog[column].to_numpy()
+        relevant &= values[ranks] == values[:, None]
+    return relevant & (ranks >= 0)
+
+
+def relevant_counts(index: Index, columns: tuple[str, ...]) -> np.ndarray:
+    """How many products of the query's gender are relevant to it (query and its copies excluded)."""
+    key = index.catalog[["Gender", *columns]].astype(str).agg("|".join, axis=1)
+    group_key = key + "|" + index.catalog["duplicate_group"]
+    return (key.map(key.value_counts()) - group_key.map(group_key.value_counts())).to_numpy()
+
+
+def precision_at_k(relevant: np.ndarray) -> float:
+    """Mean over queries of the share of relevant results among the top k."""
+    return float(np.asarray(relevant, dtype=float).mean()) if np.size(relevant) else float("nan")
+
+
+def average_precision_at_k(relevant: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """AP@k per query: mean of precision@i at each relevant rank i, over min(k, relevant items);
+    NaN for queries with nothing relevant to find."""
+    relevant = np.asarray(relevant, dtype=float)
+    k = relevant.shape[1]
+    precision_at_i = np.cumsum(relevant, axis=1) / np.arange(1, k + 1)
+    denominator = np.minimum(k, np.asarray(n_relevant, dtype=float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (precision_at_i * relevant).sum(axis=1) / denominator, np.nan)
+
+
+def evaluate(index: Index, k: int = 5, colour_weight: float | None = None, ranks: np.ndarray | None = None) -> pd.Series:
+    """precision@k and mAP@k of one method, for each kind of relevance, over every product as query."""
+    ranks = rank_all(index, k, colour_weight) if ranks is None else ranks
+    scores = {}
+    for name, columns in RELEVANCE.items():
+        relevant = relevance_matrix(index, ranks, columns)
+        scores[f"P@{k} {name}"] = precision_at_k(relevant)
+        scores[f"mAP@{k} {name}"] = float(np.nanmean(average_precision_at_k(relevant, relevant_counts(index, columns))))
+    return pd.Series(scores)
+
+
+def compare_methods(methods: dict, k: int = 5) -> pd.DataFrame:
+    """Evaluate several methods side by side: {name: Index or (Index, colour_weight)} -> one row each."""
+    rows = {}
+    for name, method in methods.items():
+        index, colour_weight = method if isinstance(method, tuple) else (method, None)
+        rows[name] = evaluate(index, k, colour_weight)
+    return pd.DataFrame(rows).T
+

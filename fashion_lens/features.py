@@ -1,0 +1,219 @@
+"""Features: the recipe that turns a photo into a descriptor, the backbone network, pooling.
+
+A FeatureRecipe names every choice that changes the numbers; the feature cache is keyed by it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SettingsError, WeightsError
+from .images import GEOMETRIES, IMAGE_SIZE, load_image, to_square
+from .settings import BACKBONES, ENVIRONMENT_VARIABLES, RANDOM_WEIGHTS, Settings, get_settings
+from .storage import file_sha256
+
+POOLINGS = ("gap", "grid2x2", "flatten")
+PREPROCESSINGS = ("backbone", "rescale")
+# "cosine": descriptors are L2-normalised and compared by dot product (the project);
+# "euclidean": raw descriptors compared by Euclidean distance (the article's pairwise_distances)
+METRICS = ("cosine", "euclidean")
+KERAS_WEIGHT_FILES = {
+    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "mobilenet_v2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureRecipe:
+    """Everything that decides the numbers in a feature vector; the cache is keyed by it.
+
+    The project's default: ImageNet backbone with its own preprocess_input, photo cropped to the
+    product and padded to a square on white, feature map pooled over a 2x2 grid (keeps the
+    garment's layout), L2-normalised and compared by cosine, batches of 32, stored as float16.
+    reference_recipe() gives the article's recipe instead; each field can be changed alone.
+
+    >>> FeatureRecipe(backbone="mobilenet_v2", pooling="gap").name
+    'mobilenet_v2-crop-backbone-gap-cosine'
+    """
+
+    backbone: str = "resnet50"
+    weights: str = "imagenet"      # the setting: "imagenet", "random" or a weights file's path
+    geometry: str = "crop"
+    preprocessing: str = "backbone"  # "backbone": the network's own preprocess_input; "rescale": pixels / 255
+    pooling: str = "grid2x2"
+    metric: str = "cosine"
+    batch_size: int = 32           # photos per network call (the article: 1, through model.predict)
+    image_size: int = IMAGE_SIZE
+    dtype: str = "float16"
+    weights_id: str | None = None  # set by resolve_recipe: the weights file's name and hash
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}-{self.geometry}-{self.preprocessing}-{self.pooling}-{self.metric}"
+
+    def check(self) -> FeatureRecipe:
+        choices = {"backbone": BACKBONES, "geometry": GEOMETRIES, "preprocessing": PREPROCESSINGS,
+                   "pooling": POOLINGS, "metric": METRICS, "dtype": ("float16", "float32")}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise SettingsError(f"Unknown {field} {getattr(self, field)!r}; choose one of {', '.join(allowed)}.")
+        if self.image_size != IMAGE_SIZE:
+            raise SettingsError(f"image_size must be {IMAGE_SIZE}: the weights on offer are trained at that size.")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise SettingsError(f"batch_size must be a whole number of photos (1 or more), got {self.batch_size!r}.")
+        return self
+
+
+def default_recipe(settings: Settings | None = None, **changes) -> FeatureRecipe:
+    """The project's recipe for the configured backbone and weights; keyword arguments change fields.
+
+    >>> default_recipe(get_settings(backbone="mobilenet_v2"), pooling="gap").pooling
+    'gap'
+    """
+    settings = settings or get_settings()
+    return dataclasses.replace(FeatureRecipe(backbone=settings.backbone, weights=settings.weights), **changes).check()
+
+
+def reference_recipe(settings: Settings | None = None) -> FeatureRecipe:
+    """The reference article's recipe: stretch (nearest), pixels / 255, the 7x7xC map flattened,
+    Euclidean distance, one photo per network call, float32.
+
+    >>> reference_recipe(get_settings(backbone="mobilenet_v2")).metric
+    'euclidean'
+    """
+    return default_recipe(settings, geometry="stretch", preprocessing="rescale", pooling="flatten",
+                          metric="euclidean", batch_size=1, dtype="float32")
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded weights: $KERAS_HOME/models, else ~/.keras/models.
+
+    Keras reads KERAS_HOME once, when it is imported; after that its own answer counts."""
+    config = sys.modules.get("keras.src.backend.config")
+    if config is not None:
+        return Path(config.keras_home()) / "models"
+    home = Path.home() if os.access(Path.home(), os.W_OK) else Path("/tmp")
+    return Path(os.environ.get("KERAS_HOME") or home / ".keras") / "models"
+
+
+def resolve_recipe(recipe: FeatureRecipe) -> FeatureRecipe:
+    """The recipe with `weights_id` filled in: the weights file's name and hash, so that a cache
+    is never reused with other weights (downloads the ImageNet file first when it is missing)."""
+    if recipe.weights_id is not None:
+        return recipe
+    if recipe.weights == RANDOM_WEIGHTS:
+        return dataclasses.replace(recipe, weights_id=RANDOM_WEIGHTS)
+    path = Path(recipe.weights) if recipe.weights != "imagenet" else keras_cache_dir() / KERAS_WEIGHT_FILES[recipe.backbone]
+    if not path.is_file():
+        load_backbone(recipe.backbone, recipe.weights)  # downloads into the Keras cache, or explains why not
+    return dataclasses.replace(recipe, weights_id=f"{path.name}:sha256={file_sha256(path)[:16]}")
+
+
+_BACKBONE_LOCK = threading.Lock()  # two threads asking at once build the network once
+
+
+def load_backbone(backbone: str, weights: str = "imagenet"):
+    """The Keras ImageNet backbone without its classifier (include_top=False): photo -> 7x7xC feature map.
+
+    Built once per process. With weights="imagenet", Keras reads its cache (~/.keras/models or
+    $KERAS_HOME/models) and downloads the file only when it is missing.
+    """
+    if backbone not in BACKBONES:
+        raise SettingsError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
+    with _BACKBONE_LOCK:
+        return _build_backbone(backbone, weights)
+
+
+@functools.cache
+def _build_backbone(backbone: str, weights: str):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    build = {"resnet50": keras.applications.ResNet50, "mobilenet_v2": keras.applications.MobileNetV2}[backbone]
+    try:
+        return build(include_top=False, weights=None if weights == RANDOM_WEIGHTS else weights,
+                     input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    except Exception as error:  # Keras raises a bare Exception when the download fails
+        if weights != "imagenet":
+            raise WeightsError(
+                f"Cannot load the {backbone} weights from {weights} ({error}). Give a weights file saved "
+                f"for {backbone} with include_top=False, or use weights='imagenet'."
+            ) from error
+        lighter = ("" if backbone == "mobilenet_v2" else
+                   f"; or use the light backbone with {ENVIRONMENT_VARIABLES['backbone']}=mobilenet_v2")
+        raise WeightsError(
+            f"The ImageNet weights for {backbone} are not in the Keras cache ({keras_cache_dir()}) and could not "
+            f"be downloaded ({str(error)[:200]}). Fix one of: connect to the internet once (Keras then keeps the file); "
+            f"copy {KERAS_WEIGHT_FILES[backbone]} into {keras_cache_dir()}; set {ENVIRONMENT_VARIABLES['weights']} "
+            f"to the path of a weights file{lighter}."
+        ) from error
+
+
+def preprocess_batch(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """uint8 RGB batch -> the network's input. ResNet50 expects BGR with the ImageNet mean removed
+    (its own preprocess_input), MobileNetV2 expects [-1, 1]: scaling by 1/255 (the article) fits neither."""
+    batch = pixels.astype(np.float32)
+    if recipe.preprocessing == "rescale":
+        return batch / 255.0
+    import keras
+
+    module = {"resnet50": keras.applications.resnet50, "mobilenet_v2": keras.applications.mobilenet_v2}[recipe.backbone]
+    return module.preprocess_input(batch)
+
+
+def l2_normalize(vectors: np.ndarray, axis: int = -1) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=axis, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def pool_feature_maps(maps: np.ndarray, pooling: str) -> np.ndarray:
+    """(N, H, W, C) feature maps -> (N, D) descriptors.
+
+    - "gap": global average, L2-normalised (C numbers);
+    - "grid2x2": averages over four overlapping quadrants, each normalised, then the whole (4C):
+      the top of a garment stays apart from its bottom;
+    - "flatten": every number of the map, unnormalised (the article's H*W*C numbers).
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if pooling == "flatten":
+        return maps.reshape(len(maps), -1)
+    if pooling == "gap":
+        return l2_normalize(maps.mean(axis=(1, 2)))
+    height, width = maps.shape[1:3]
+    cells = []
+    for row in range(2):
+        for col in range(2):
+            # adaptive pooling bounds: 7 -> rows 0..3 and 3..6 (the middle row belongs to both)
+            r0, r1 = (row * height) // 2, -(-((row + 1) * height) // 2)
+            c0, c1 = (col * width) // 2, -(-((col + 1) * width) // 2)
+            cells.append(l2_normalize(maps[:, r0:r1, c0:c1, :].mean(axis=(1, 2))))
+    return l2_normalize(np.concatenate(cells, axis=1))
+
+
+
+def run_network(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """A batch of square uint8 photos (N, size, size, 3) -> (N, D) descriptors, as the recipe says."""
+    model = load_backbone(recipe.backbone, recipe.weights)
+    batch = preprocess_batch(pixels, recipe)
+    if recipe.batch_size == 1:  # the article: model.predict, one photo at a time
+        maps = np.concatenate([model.predict(batch[i:i + 1], verbose=0) for i in range(len(batch))])
+    else:
+        maps = np.asarray(model(batch, training=False))
+    vectors = pool_feature_maps(maps, recipe.pooling)
+    if recipe.metric == "cosine":  # a dot product of unit vectors is their cosine
+        vectors = l2_normalize(vectors)
+    return vectors.astype(recipe.dtype)
+
+
+def embed_images(images: Iterable, recipe: FeatureRecipe, network=run_network) -> np.ndarray:
+    """Descriptors for a few photos (paths, bytes or PIL images), through exactly the catalogue's pipeline."""
+    pixels = np.stack([to_square(load_image(image), recipe.geometry, recipe.image_size) for image in images])
+    return network(pixels, recipe)

@@ -1,0 +1,286 @@
+"""The index: the catalogue joined with its descriptors, and the similarity formulas.
+
+The score of a result blends two similarities, visual (the cosine of the CNN descriptors) and
+colour-aware (the probes' probability that two products share type and colour, 5/6, plus the
+colour histograms, 1/6):
+
+    score = (1 - w) * visual + w * colour-aware
+
+Every search path (a precomputed row, a matrix-vector product, FAISS candidates, rank_all)
+first finds candidates with fast float32 arithmetic, then ranks them with exact_scores: the same
+float64 arithmetic on the same numbers, scores rounded to SCORE_DECIMALS, ties broken by
+ProductId. So the same query gives the same list whichever path answers it, on any machine and
+with any number of BLAS threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .catalog import FILTER_COLUMNS, GENDERS, load_catalog
+from .colour import colour_descriptor
+from .feature_cache import Features, extract_features
+from .features import FeatureRecipe, default_recipe, run_network
+from .images import load_image, to_square
+from .probes import ATTRIBUTE_MIN_PRODUCTS, AttributeModel, fit_attribute_probes, probe_inputs
+from .settings import RANDOM_WEIGHTS, Settings, get_settings
+
+# The default w = 0.4 is the largest weight that kept ProductType precision at its pure-visual
+# level on a development half of the queries (README, "How it works").
+DEFAULT_COLOUR_WEIGHT = 0.4
+ATTRIBUTE_SHARE = 5 / 6
+SAME_PHOTO_SIMILARITY = 0.999  # visual cosine of a photo with itself (up to float16 rounding)
+PAIR_SCORES_MAX_ROWS = 5_000  # per gender: two float32 matrices of at most 100 MB
+# From this many products on, a search asks an approximate index (FAISS) for candidates instead
+# of reading every descriptor (see ann.py for the measurements behind it).
+APPROXIMATE_SEARCH_MIN_PRODUCTS = 20_000
+SCORE_DECIMALS = 6  # scores equal to 6 decimals are ties, ordered by ProductId
+# float32 candidates are re-scored exactly within this margin of the k-th best (relative to the
+# score's size): far wider than float32 rounding over 5120 numbers (about 1e-6)
+CANDIDATE_MARGIN = 1e-3
+
+
+@dataclasses.dataclass
+class Index:
+    """The searchable catalogue: rows grouped by gender, aligned with their descriptors."""
+
+    catalog: pd.DataFrame
+    vectors: np.ndarray            # float32 (N, D)
+    colours: np.ndarray            # float32 (N, C)
+    recipe: FeatureRecipe
+    gender_rows: dict[str, slice]  # each gender's rows are contiguous: a query multiplies only its slice
+    positions: dict[str, int]      # ProductId -> row
+    codes: dict[str, pd.Categorical]
+    groups: np.ndarray             # duplicate group of each row, as integer codes
+    id_rank: np.ndarray            # each row's place in ProductId order: breaks ties between equal scores
+    feature_cache_dir: Path | None = None  # where the FAISS index of a large catalogue is cached
+    faiss_index: object | None = dataclasses.field(default=None, repr=False)  # see ann.attach_faiss_index
+    attributes: dict[str, np.ndarray] | None = None          # out-of-fold attribute probabilities per row
+    attribute_models: dict[str, AttributeModel] | None = None  # probes for new photos
+    # per gender slice (start, stop): its (visual, colour-aware) similarity matrices, for catalogues
+    # small enough to keep every pair: a product query then reads one row instead of multiplying
+    pair_scores: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = dataclasses.field(default=None, repr=False)
+    network: Callable = dataclasses.field(default=run_network, repr=False)  # photos -> descriptors (describe_photo)
+    approximate_from: int = APPROXIMATE_SEARCH_MIN_PRODUCTS  # catalogue size where FAISS takes over
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    @property
+    def metric(self) -> str:
+        return self.recipe.metric
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """What a search compares: a descriptor, a colour histogram and (with probes) attribute probabilities."""
+
+    vector: np.ndarray
+    colour: np.ndarray
+    attributes: dict[str, np.ndarray] | None = None
+    position: int | None = None  # the index row of a product query (None for a photo)
+
+
+def id_sort_key(product_id: str) -> tuple[int, str]:
+    """ProductIds in numeric order when they are numbers, and in a fixed order whatever they are."""
+    return len(product_id), product_id
+
+
+def build_index(catalog: pd.DataFrame, features: Features, attributes: bool | None = None, *,
+                network: Callable = run_network, approximate_from: int = APPROXIMATE_SEARCH_MIN_PRODUCTS,
+                fit_probes: Callable = fit_attribute_probes) -> Index:
+    """Join the catalogue with its features; products without features are left out.
+
+    Args:
+        catalog: the products (load_catalog).
+        features: their descriptors (extract_features).
+        attributes: fit (or load) the attribute probes. By default they are used when the recipe
+            compares by cosine, the catalogue has at least ATTRIBUTE_MIN_PRODUCTS products and
+            the features come from a cache.
+        network: turns uploaded photos into descriptors (run_network unless a test injects one).
+        approximate_from: from this many products on, searches take candidates from FAISS.
+        fit_probes: fits the probes (fit_attribute_probes unless a test injects one).
+
+    Returns:
+        The Index that similar_products, similar_to_image and evaluate search.
+
+    >>> index = build_index(catalog, extract_features(catalog))  # doctest: +SKIP
+    """
+    if features.recipe.weights == RANDOM_WEIGHTS:
+        warnings.warn("These features come from an untrained network (weights='random'): "
+                      "use them to test shapes, never as recommendations.", stacklevel=2)
+    if attributes is None:
+        attributes = (len(features) >= ATTRIBUTE_MIN_PRODUCTS and features.cache_dir is not None
+                      and features.recipe.metric == "cosine" and features.recipe.weights != RANDOM_WEIGHTS)
+    row_of = {pid: row for row, pid in enumerate(features.ids)}
+    rows = catalog[catalog["ProductId"].isin(row_of)].copy()
+    rows["_gender"] = pd.Categorical(rows["Gender"], categories=GENDERS)
+    rows = rows.sort_values("_gender", kind="stable").drop(columns="_gender").reset_index(drop=True)
+    order = np.array([row_of[pid] for pid in rows["ProductId"]], dtype=np.int64)
+    gender_rows, start = {}, 0
+    for gender in GENDERS:
+        count = int((rows["Gender"] == gender).sum())
+        gender_rows[gender] = slice(start, start + count)
+        start += count
+    ids = rows["ProductId"].tolist()
+    id_rank = np.empty(len(ids), dtype=np.int64)
+    id_rank[sorted(range(len(ids)), key=lambda row: id_sort_key(ids[row]))] = np.arange(len(ids))
+    probes = {}
+    if attributes:
+        out_of_fold, models = fit_probes(catalog, features)
+        probes = {"attributes": {target: probabilities[order] for target, probabilities in out_of_fold.items()},
+                  "attribute_models": models}
+    index = Index(
+        catalog=rows,
+        vectors=np.ascontiguousarray(features.vectors[order], dtype=np.float32),
+        colours=np.ascontiguousarray(features.colours[order], dtype=np.float32),
+        recipe=features.recipe,
+        gender_rows=gender_rows,
+        positions={pid: row for row, pid in enumerate(ids)},
+        codes={column: pd.Categorical(rows[column]) for column in FILTER_COLUMNS},
+        groups=pd.factorize(rows["duplicate_group"])[0],
+        id_rank=id_rank,
+        feature_cache_dir=features.cache_dir,
+        network=network,
+        approximate_from=approximate_from,
+        **probes,
+    )
+    if index.metric == "cosine" and max(s.stop - s.start for s in gender_rows.values()) <= PAIR_SCORES_MAX_ROWS:
+        index.pair_scores = {(s.start, s.stop): pair_similarities(index, s) for s in gender_rows.values()}
+    return index
+
+
+def load_index(catalog: pd.DataFrame | None = None, settings: Settings | None = None,
+               recipe: FeatureRecipe | None = None, progress: bool = True, on_progress=None) -> Index:
+    """Catalogue + cached features (computed where missing) -> Index: the one call most users need.
+
+    Args:
+        catalog: the products (default: load_catalog() of the data setting).
+        settings: folders, backbone and weights (default: get_settings()).
+        recipe: how photos become descriptors (default: default_recipe(settings)).
+        progress: show a progress bar while features are computed.
+        on_progress: called as on_progress(done, total) after each photo computed.
+
+    >>> index = load_index()  # doctest: +SKIP
+    >>> similar_products(index, "13683", k=5)  # doctest: +SKIP
+    """
+    settings = settings or get_settings()
+    catalog = load_catalog(settings.data_dir) if catalog is None else catalog
+    features = extract_features(catalog, recipe or default_recipe(settings),
+                                artifacts_dir=settings.artifacts_dir, progress=progress, on_progress=on_progress)
+    return build_index(catalog, features)
+
+
+def product_query(index: Index, position: int) -> Query:
+    """The query for the product at `position`: its descriptors and held-out attribute probabilities."""
+    attributes = None if index.attributes is None else {t: p[position] for t, p in index.attributes.items()}
+    return Query(index.vectors[position], index.colours[position], attributes, position)
+
+
+def describe_photo(index: Index, image) -> Query:
+    """Run a photo (path, bytes, file object or PIL image) through exactly the catalogue's pipeline."""
+    photo = load_image(image)
+    recipe = index.recipe
+    vector = index.network(to_square(photo, recipe.geometry, recipe.image_size)[None], recipe)
+    colour = colour_descriptor(photo)[None]
+    attributes = None
+    if index.attribute_models is not None:
+        inputs = probe_inputs(vector, colour, recipe.pooling)
+        attributes = {target: model.predict(inputs)[0] for target, model in index.attribute_models.items()}
+    return Query(np.asarray(vector[0], dtype=np.float32), colour[0], attributes)
+
+
+# ---- fast float32 similarities: for finding candidates --------------------------------------
+
+def colour_aware_similarity(index: Index, rows, query: Query, visual: np.ndarray | None = None) -> np.ndarray:
+    """Similarity in type-and-colour of the products at `rows` (a slice or positions) to the query.
+    Given their visual similarities, a product showing the query's own photo counts as sharing both."""
+    histogram = index.colours[rows] @ query.colour
+    if index.attributes is None or query.attributes is None:
+        return histogram
+    shared = (index.attributes["ProductType"][rows] @ query.attributes["ProductType"]) \
+        * (index.attributes["Colour"][rows] @ query.attributes["Colour"])
+    if visual is not None:  # the probes judge two photos as independent draws; one photo is one product
+        shared = np.where(visual >= SAME_PHOTO_SIMILARITY, 1.0, shared)
+    return ATTRIBUTE_SHARE * shared + (1 - ATTRIBUTE_SHARE) * histogram
+
+
+def pair_similarities(index: Index, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Visual and colour-aware similarities of every pair of products in `rows` (as
+    colour_aware_similarity computes them, for all queries at once)."""
+    vectors = index.vectors[rows]
+    visual = vectors @ vectors.T
+    colour = index.colours[rows] @ index.colours[rows].T
+    if index.attributes is not None:
+        shared = np.ones_like(colour)
+        for probabilities in index.attributes.values():
+            shared *= probabilities[rows] @ probabilities[rows].T
+        shared[visual >= SAME_PHOTO_SIMILARITY] = 1.0
+        colour = ATTRIBUTE_SHARE * shared + (1 - ATTRIBUTE_SHARE) * colour
+    return visual.astype(np.float32), colour.astype(np.float32)
+
+
+def euclidean_similarities(vectors: np.ndarray, query_vector: np.ndarray) -> np.ndarray:
+    """Minus the Euclidean distances of the rows of `vectors` to the query (the article's metric)."""
+    squared = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64) - 2.0 * (vectors @ query_vector) \
+        + float(np.dot(query_vector, query_vector))
+    return -np.sqrt(np.maximum(squared, 0.0))
+
+
+# ---- exact scores: one rule for every path --------------------------------------------------
+
+def _dots(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    # einsum in float64 sums in one fixed order (no BLAS threads): the same bits on every path
+    return np.einsum("ij,j->i", np.asarray(matrix, dtype=np.float64), np.asarray(vector, dtype=np.float64))
+
+
+def exact_scores(index: Index, query: Query, positions: np.ndarray, colour_weight: float) -> dict[str, np.ndarray]:
+    """The ranking scores of the products at `positions`, computed the same way on every path:
+    float64, rounded to SCORE_DECIMALS. Returns similarity, visual_similarity, colour_similarity."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if index.metric == "euclidean":
+        difference = np.asarray(index.vectors[positions], dtype=np.float64) - np.asarray(query.vector, dtype=np.float64)
+        visual = -np.sqrt(np.einsum("ij,ij->i", difference, difference))
+    else:
+        visual = _dots(index.vectors[positions], query.vector)
+    colour = _dots(index.colours[positions], query.colour)
+    if index.attributes is not None and query.attributes is not None:
+        shared = np.ones(len(positions))
+        for target, probabilities in index.attributes.items():
+            shared *= _dots(probabilities[positions], query.attributes[target])
+        shared[visual >= SAME_PHOTO_SIMILARITY] = 1.0
+        colour = ATTRIBUTE_SHARE * shared + (1 - ATTRIBUTE_SHARE) * colour
+    score = np.round((1 - colour_weight) * visual + colour_weight * colour, SCORE_DECIMALS)
+    return {"similarity": score, "visual_similarity": visual, "colour_similarity": colour}
+
+
+def top_k(index: Index, query: Query, positions: np.ndarray, approximate: np.ndarray, k: int,
+          colour_weight: float, approximate_visual: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """The k best of `positions`, best first, with their exact scores.
+
+    `approximate` holds fast scores of the same positions (-inf: not allowed). Every position
+    within CANDIDATE_MARGIN of the k-th best is re-scored by exact_scores, then sorted by score
+    and, for equal scores, by ProductId: the one rule every search path ends with.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    approximate = np.asarray(approximate, dtype=np.float64)
+    allowed = np.isfinite(approximate)
+    count = min(int(k), int(allowed.sum()))
+    if count == 0:
+        empty = np.zeros(0)
+        return np.zeros(0, dtype=np.int64), {"similarity": empty, "visual_similarity": empty, "colour_similarity": empty}
+    kth = np.partition(approximate[allowed], allowed.sum() - count)[allowed.sum() - count]
+    margin = CANDIDATE_MARGIN * max(1.0, abs(kth))
+    keep = allowed & (approximate >= kth - margin)
+    if approximate_visual is not None and colour_weight > 0 and index.attributes is not None:
+        keep |= allowed & (approximate_visual >= SAME_PHOTO_SIMILARITY - margin)  # may gain the same-photo rule
+    candidates = positions[keep]
+    scores = exact_scores(index, query, candidates, colour_weight)
+    order = np.lexsort((index.id_rank[candidates], -scores["similarity"]))[:count]
+    return candidates[order], {name: values[order] for name, values in scores.items()}

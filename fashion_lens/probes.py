@@ -1,0 +1,127 @@
+"""Attribute probes: the product type and colour a photo shows, learned from the catalogue's labels.
+
+Two logistic regressions read a photo's descriptors (and colour histogram) and give the
+probability of each ProductType and each Colour. They are trained on the catalogue's own
+labels: every catalogue product's probabilities come from probes that never saw it (5 folds),
+so a query's own labels never enter its score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import FeatureCacheWarning
+from .feature_cache import Features
+from .features import l2_normalize
+from .storage import atomic_write
+
+# Logistic regressions on the frozen descriptors, one per attribute (C tuned on a held-out half of
+# the queries). They read pixels only: a query's own labels never enter its score.
+ATTRIBUTE_PROBES = {"ProductType": 0.01, "Colour": 0.1}
+ATTRIBUTE_FOLDS = 5
+ATTRIBUTE_MIN_PRODUCTS = 300  # fewer labelled products teach the probes too little to help
+ATTRIBUTES_VERSION = "logreg-lookmean+lab-v2"
+
+
+@dataclasses.dataclass
+class AttributeModel:
+    """One fitted probe as plain arrays: standardise, then a softmax over `classes`."""
+
+    classes: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        logits = ((np.asarray(inputs, np.float32) - self.mean) / self.scale) @ self.coef.T + self.intercept
+        logits -= logits.max(axis=1, keepdims=True)
+        odds = np.exp(logits)
+        return (odds / odds.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def probe_inputs(vectors: np.ndarray, colours: np.ndarray, pooling: str) -> np.ndarray:
+    """What the probes read: the overall look (the mean of the 2x2 grid cells) and the colour histogram."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    look = l2_normalize(vectors.reshape(len(vectors), 4, -1).mean(axis=1)) if pooling == "grid2x2" else vectors
+    return np.concatenate([look, np.asarray(colours, dtype=np.float32)], axis=1)
+
+
+
+
+def fit_probe(inputs: np.ndarray, labels: np.ndarray, C: float, classes: np.ndarray) -> AttributeModel:
+    """One probe: a logistic regression on standardised inputs, as plain arrays over `classes`."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = inputs.mean(axis=0), inputs.std(axis=0) + 1e-6
+    # tol 1e-3: the same rankings as a tight fit, in a fraction of the iterations
+    fitted = LogisticRegression(C=C, max_iter=2000, tol=1e-3).fit((inputs - mean) / scale, labels)
+    # classes missing from this training fold get no probability
+    coef = np.zeros((len(classes), inputs.shape[1]), np.float32)
+    intercept = np.full(len(classes), -1e4, np.float32)
+    rows = np.searchsorted(classes, fitted.classes_)
+    if len(fitted.classes_) == 2:  # a binary fit returns one row: the second class against the first
+        coef[rows[1]], intercept[rows[1]] = fitted.coef_[0], fitted.intercept_[0]
+        coef[rows[0]], intercept[rows[0]] = 0.0, 0.0
+    else:
+        coef[rows], intercept[rows] = fitted.coef_, fitted.intercept_
+    return AttributeModel(classes, mean.astype(np.float32), scale.astype(np.float32), coef, intercept)
+
+
+def fit_attribute_probes(catalog: pd.DataFrame, features: Features, fit=fit_probe) -> tuple[dict, dict]:
+    """Out-of-fold probabilities of each attribute for every product, and probes fitted on all of them.
+
+    Each product's probabilities come from probes that never saw it (5 folds, byte-identical
+    copies kept in one fold), so catalogue queries and evaluation stay honest; the probes fitted
+    on the whole catalogue serve new photos. Cached beside the features, keyed by the products,
+    their photos and labels: retrained whenever any of them changes. `fit` fits one probe
+    (fit_probe unless a test injects another).
+    """
+    rows = catalog.set_index("ProductId").loc[features.ids]
+    key = hashlib.sha256(json.dumps([ATTRIBUTES_VERSION, ATTRIBUTE_PROBES, ATTRIBUTE_FOLDS, features.ids.tolist(),
+                                     rows["image_sha256"].tolist(), rows["ProductType"].tolist(),
+                                     rows["Colour"].tolist()]).encode()).hexdigest()[:16]
+    path = Path(features.cache_dir) / f"attributes-{key}.npz" if features.cache_dir else None
+    if path is not None and path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+            return ({target: arrays[f"{target}.oof"] for target in ATTRIBUTE_PROBES},
+                    {target: AttributeModel(*(arrays[f"{target}.{part}"] for part in
+                                              ("classes", "mean", "scale", "coef", "intercept")))
+                     for target in ATTRIBUTE_PROBES})
+        except (OSError, ValueError, KeyError) as error:
+            warnings.warn(f"Attribute probes {path} are damaged ({error}); they are refitted.", FeatureCacheWarning, stacklevel=2)
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    inputs = probe_inputs(features.vectors, features.colours, features.recipe.pooling)
+    folds = np.zeros(len(inputs), dtype=np.int64)
+    splitter = StratifiedGroupKFold(ATTRIBUTE_FOLDS, shuffle=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rare types have fewer members than folds: expected
+        for fold, (_, held_out) in enumerate(splitter.split(inputs, rows["ProductType"], rows["duplicate_group"])):
+            folds[held_out] = fold
+        out_of_fold, models, arrays = {}, {}, {}
+        for target, C in ATTRIBUTE_PROBES.items():
+            labels = rows[target].to_numpy(dtype=str)
+            classes = np.unique(labels)
+            out_of_fold[target] = np.zeros((len(inputs), len(classes)), np.float32)
+            for fold in range(ATTRIBUTE_FOLDS):
+                train = folds != fold
+                model = fit(inputs[train], labels[train], C, classes)
+                out_of_fold[target][~train] = model.predict(inputs[~train])
+            models[target] = fit(inputs, labels, C, classes)
+            arrays[f"{target}.oof"] = out_of_fold[target]
+            arrays.update({f"{target}.{part}": getattr(models[target], part)
+                           for part in ("classes", "mean", "scale", "coef", "intercept")})
+    if path is not None:
+        with atomic_write(path) as handle:
+            np.savez(handle, **arrays)
+    return out_of_fold, models

@@ -1,0 +1,225 @@
+"""Search: the products most like a catalogue product or a photo, with filters and a short "why"."""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+import numpy as np
+import pandas as pd
+
+from .ann import rank_with_faiss, uses_faiss
+from .catalog import FILTER_COLUMNS, GENDERS, normalize_product_id, unknown_product_message
+from .colour import colour_names
+from .errors import SearchError
+from .index import DEFAULT_COLOUR_WEIGHT, Index, Query, colour_aware_similarity, describe_photo, euclidean_similarities, product_query, top_k
+
+MAX_RESULTS = 100
+MAX_SHOWN = 20  # results on one screen of the widget or the app
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    """How to search, beyond the query and k: the same options for products and photos.
+
+    Attributes:
+        subcategory, product_type, colour, usage: keep only these values (a string or a list).
+        colour_weight: 0 ranks by the network alone, 1 by type and colour alone
+            (None: DEFAULT_COLOUR_WEIGHT). Recipes compared by Euclidean distance ignore it.
+        min_similarity: drop results below this score.
+        across_genders: a product query searches every gender, not only the product's own.
+        include_duplicates: a product query also returns the copies of its own photo.
+
+    >>> SearchOptions(colour="Black", colour_weight=0.2).filters()["Colour"]
+    'Black'
+    """
+
+    subcategory: object = None
+    product_type: object = None
+    colour: object = None
+    usage: object = None
+    colour_weight: float | None = None
+    min_similarity: float | None = None
+    across_genders: bool = False
+    include_duplicates: bool = False
+
+    def filters(self) -> dict:
+        """The filters by catalogue column: {"SubCategory": ..., "ProductType": ..., "Colour": ..., "Usage": ...}."""
+        return dict(zip(FILTER_COLUMNS, (self.subcategory, self.product_type, self.colour, self.usage)))
+
+
+def search_options(options: SearchOptions | None = None, **choices) -> SearchOptions:
+    """`options` (or the defaults) with the keyword `choices` applied; an unknown keyword is refused."""
+    known = [field.name for field in dataclasses.fields(SearchOptions)]
+    unknown = sorted(set(choices) - set(known))
+    if unknown:
+        raise SearchError(f"Unknown search option(s) {', '.join(unknown)}; the options are {', '.join(known)}.")
+    return dataclasses.replace(options or SearchOptions(), **choices)
+
+
+def check_k(k) -> int:
+    """k must be a whole number from 1 to MAX_RESULTS; more than the candidates simply returns them all."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer, str, float)):
+        raise SearchError(f"k must be a whole number of results, got {k!r}.")
+    try:
+        value = int(str(k).strip()) if isinstance(k, str) else int(k)
+    except ValueError:
+        raise SearchError(f"k must be a whole number of results, got {k!r}.") from None
+    if isinstance(k, float) and not k.is_integer():
+        raise SearchError(f"k must be a whole number of results, got {k!r}.")
+    if not 1 <= value <= MAX_RESULTS:
+        raise SearchError(f"k must be between 1 and {MAX_RESULTS}, got {value}.")
+    return value
+
+
+def _number(name: str, value, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, str)):
+        raise SearchError(f"{name} must be a number, got {value!r}.")
+    try:
+        number = float(value)
+    except ValueError:
+        raise SearchError(f"{name} must be a number, got {value!r}.") from None
+    if not np.isfinite(number) and low is None and high is None:
+        raise SearchError(f"{name} must be a finite number, got {value!r}.")
+    if not np.isfinite(number) or (low is not None and number < low) or (high is not None and number > high):
+        raise SearchError(f"{name} must be between {low} and {high}, got {value!r}.")
+    return number
+
+
+def check_colour_weight(index: Index, colour_weight) -> float:
+    """The colour weight to rank with: 0 for Euclidean recipes, else the given one, checked."""
+    if index.metric == "euclidean":  # raw distances do not blend with similarities
+        return 0.0
+    value = DEFAULT_COLOUR_WEIGHT if colour_weight is None else colour_weight
+    return _number("colour_weight (0 = pure visual, 1 = pure colour)", value, 0.0, 1.0)
+
+
+def filter_mask(index: Index, rows: slice, filters: dict) -> np.ndarray | None:
+    """Boolean mask over `rows` for the chosen SubCategory/ProductType/Colour/Usage values."""
+    mask = None
+    for column, wanted in filters.items():
+        if wanted is None or (not isinstance(wanted, str) and np.size(wanted) == 0):
+            continue
+        if not isinstance(wanted, str) and not isinstance(wanted, (list, tuple, set, np.ndarray, pd.Series)):
+            raise SearchError(f"The {column} filter takes a value or a list of values, got {wanted!r}.")
+        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+        categories = index.codes[column].categories
+        unknown = [value for value in wanted if value not in categories]
+        if unknown:
+            raise SearchError(f"No product has {column} {', '.join(map(repr, unknown))}; "
+                              f"choose from {', '.join(map(str, categories[:30]))}.")
+        codes = index.codes[column].codes[rows]
+        keep = np.isin(codes, [categories.get_loc(value) for value in wanted])
+        mask = keep if mask is None else mask & keep
+    return mask
+
+
+def rank(index: Index, query: Query, rows: slice, k: int, exclude: np.ndarray | None,
+         mask: np.ndarray | None, colour_weight: float) -> tuple[np.ndarray, dict]:
+    """Top-k rows (absolute positions) within `rows`, best first, and their scores.
+
+    `exclude` (positions within `rows`) and `mask` (booleans over `rows`) leave products out."""
+    if uses_faiss(index):  # a large catalogue: FAISS candidates (see ann.py)
+        return rank_with_faiss(index, query, rows, k, exclude, mask, colour_weight)
+    pairs = index.pair_scores.get((rows.start, rows.stop)) if index.pair_scores else None
+    visual = None
+    if index.metric == "euclidean":  # the article: Euclidean distance over the descriptors
+        score = euclidean_similarities(index.vectors[rows], query.vector)
+    elif pairs is not None and query.position is not None:  # a product of this slice: its precomputed row
+        visual, colour = (matrix[query.position - rows.start] for matrix in pairs)
+        score = (1 - colour_weight) * visual.astype(np.float64) + colour_weight * colour
+    else:
+        visual = index.vectors[rows] @ query.vector
+        score = visual.astype(np.float64)
+        if colour_weight > 0:
+            score = (1 - colour_weight) * score + colour_weight * colour_aware_similarity(index, rows, query, visual)
+    if mask is not None:
+        score[~mask] = -np.inf
+    if exclude is not None:
+        score[exclude] = -np.inf
+    return top_k(index, query, np.arange(rows.start, rows.stop), score, k, colour_weight, approximate_visual=visual)
+
+
+def similar_products(index: Index, product_id, k: int = 5, *, options: SearchOptions | None = None,
+                     **choices) -> pd.DataFrame:
+    """The k products that look most like `product_id`, best first.
+
+    Args:
+        index: the searchable catalogue (load_index or build_index).
+        product_id: a ProductId ("13683", 13683 and " 13683 " are the same).
+        k: how many results (1 to MAX_RESULTS); fewer come back when fewer products qualify.
+        options: a SearchOptions; any of its fields can also be given as a keyword
+            (colour_weight=0, colour="Black", across_genders=True, ...).
+
+    Returns:
+        A DataFrame, best first: rank, ProductId, ProductTitle, Gender, SubCategory, ProductType,
+        Colour, Usage, image_path, similarity, visual_similarity, colour_similarity, why.
+        By default only products of the same gender are considered (the article's rule) and the
+        product itself and its byte-identical copies are left out.
+
+    >>> similar_products(index, "13683", k=5, colour_weight=0)  # doctest: +SKIP
+    """
+    options = search_options(options, **choices)
+    product_id = normalize_product_id(product_id)
+    if product_id not in index.positions:
+        raise KeyError(unknown_product_message(index.catalog["ProductId"], product_id))
+    position = index.positions[product_id]
+    gender = index.catalog.at[position, "Gender"]
+    rows = slice(0, len(index)) if options.across_genders else index.gender_rows[gender]
+    exclude = np.array([position - rows.start]) if options.include_duplicates \
+        else np.flatnonzero(index.groups[rows] == index.groups[position])
+    return _search(index, product_query(index, position), k, rows, exclude, options)
+
+
+def similar_to_image(index: Index, image, k: int = 5, *, gender: str | None = None,
+                     options: SearchOptions | None = None, **choices) -> pd.DataFrame:
+    """The k catalogue products that look most like any photo (path, bytes, file object or PIL image).
+
+    The photo goes through exactly the catalogue's pipeline. Without `gender`, all genders are
+    searched. Options as for similar_products.
+
+    >>> similar_to_image(index, "my_shoe.jpg", k=5, gender="Men")  # doctest: +SKIP
+    """
+    return similar_to_query(index, describe_photo(index, image), k, gender=gender,
+                            options=search_options(options, **choices))
+
+
+def similar_to_query(index: Index, query: Query, k: int = 5, *, gender: str | None = None,
+                     options: SearchOptions | None = None, **choices) -> pd.DataFrame:
+    """The k products most like an already described photo (see index.describe_photo): re-ranking
+    with other settings needs no second pass through the network."""
+    options = search_options(options, **choices)
+    if gender is not None and gender not in GENDERS:
+        raise SearchError(f"Unknown gender {gender!r}; choose one of {', '.join(GENDERS)}.")
+    rows = index.gender_rows[gender] if gender else slice(0, len(index))
+    return _search(index, query, k, rows, None, options)
+
+
+def _search(index: Index, query: Query, k, rows: slice, exclude, options: SearchOptions) -> pd.DataFrame:
+    k = check_k(k)
+    colour_weight = check_colour_weight(index, options.colour_weight)
+    minimum = None if options.min_similarity is None else _number("min_similarity", options.min_similarity)
+    mask = filter_mask(index, rows, options.filters())
+    positions, scores = rank(index, query, rows, k, exclude, mask, colour_weight)
+    results = index.catalog.loc[positions, ["ProductId", "ProductTitle", "Gender", *FILTER_COLUMNS, "image_path"]]
+    results = results.assign(**scores).reset_index(drop=True)
+    if minimum is not None:
+        results = results[results["similarity"] >= minimum].reset_index(drop=True)
+    results.insert(0, "rank", np.arange(1, len(results) + 1))
+    product = None if query.position is None else index.catalog.loc[query.position]
+    results["why"] = [explain_similarity(product, row, index.colours[position], query.colour)
+                      for position, (_, row) in zip(positions, results.iterrows())]
+    return results
+
+
+def explain_similarity(query: pd.Series | None, result: pd.Series, result_colour, query_colour) -> str:
+    """A short 'why similar': the attributes the two products share and their dominant colours."""
+    parts = []
+    if query is not None:
+        shared = [f"{column} {result[column]}" for column in ("ProductType", "Colour", "Usage")
+                  if query[column] == result[column]]
+        if shared:
+            parts.append("same " + ", ".join(shared))
+    common = [name for name in colour_names(result_colour) if name in colour_names(query_colour, top=3)]
+    parts.append(f"both {' and '.join(common)}" if common else f"colours: {', '.join(colour_names(result_colour))}")
+    return "; ".join(parts)

@@ -1,0 +1,108 @@
+"""Settings: which catalogue, where generated files go, which backbone and weights.
+
+Each setting is read in one place, get_settings: an argument wins, then the environment
+variable, then the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from .errors import SettingsError
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+BACKBONES = ("resnet50", "mobilenet_v2")
+ENVIRONMENT_VARIABLES = {
+    "data_dir": "FASHION_LENS_DATA",
+    "artifacts_dir": "FASHION_LENS_ARTIFACTS",
+    "backbone": "FASHION_LENS_BACKBONE",
+    "weights": "FASHION_LENS_WEIGHTS",
+}
+DEFAULT_SETTINGS = {
+    "data_dir": PROJECT_DIR / "data" / "fashion",
+    "artifacts_dir": PROJECT_DIR / "artifacts",
+    "backbone": "resnet50",  # the reference article's backbone
+    "weights": "imagenet",
+}
+# "random" builds the network untrained: for shape tests only, never for recommendations.
+RANDOM_WEIGHTS = "random"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    artifacts_dir: Path
+    backbone: str
+    weights: str  # "imagenet", "random" or the path of a Keras weights file
+
+
+def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None) -> Settings:
+    """Read the settings: an argument wins, then the environment variable, then the default.
+
+    >>> get_settings(backbone="mobilenet_v2").backbone
+    'mobilenet_v2'
+    """
+    given = {"data_dir": data_dir, "artifacts_dir": artifacts_dir, "backbone": backbone, "weights": weights}
+    values = {}
+    for name, value in given.items():
+        if value is None or value == "":
+            value = os.environ.get(ENVIRONMENT_VARIABLES[name]) or DEFAULT_SETTINGS[name]
+        values[name] = value
+    backbone_name = str(values["backbone"]).strip().lower()
+    if backbone_name not in BACKBONES:
+        raise SettingsError(
+            f"Unknown backbone {values['backbone']!r}. Choose one of {', '.join(BACKBONES)} "
+            f"(argument backbone= or environment variable {ENVIRONMENT_VARIABLES['backbone']})."
+        )
+    return Settings(
+        data_dir=Path(values["data_dir"]).expanduser().resolve(),
+        artifacts_dir=Path(values["artifacts_dir"]).expanduser().resolve(),
+        backbone=backbone_name,
+        weights=_check_weights(str(values["weights"])),
+    )
+
+
+def _check_weights(weights: str) -> str:
+    if weights in ("imagenet", RANDOM_WEIGHTS):
+        return weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise SettingsError(
+            f"Weights file {weights!r} does not exist. Give 'imagenet' or the path of a Keras "
+            f"weights file (.h5) via weights= or {ENVIRONMENT_VARIABLES['weights']}."
+        )
+    with open(path, "rb") as handle:
+        signature = handle.read(8)
+    if signature != b"\x89HDF\r\n\x1a\n" and not zipfile_signature(signature):
+        raise SettingsError(
+            f"{weights!r} is not a Keras weights file (expected an HDF5 .h5 or a .keras/.weights.h5 file). "
+            "Point the weights setting at the file Keras saved or downloaded."
+        )
+    return str(path.resolve())
+
+
+
+def zipfile_signature(first_bytes: bytes) -> bool:
+    return first_bytes.startswith(b"PK\x03\x04")
+
+
+def show_versions() -> dict:
+    """The versions of the libraries that shape the results (printed by each notebook's setup cell)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["python", "numpy", "pandas", "pillow", "tensorflow", "keras", "scikit-learn", "faiss-cpu"]
+    found = {}
+    for name in names:
+        if name == "python":
+            import platform
+
+            found[name] = platform.python_version()
+            continue
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
