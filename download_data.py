@@ -38,7 +38,8 @@ from pathlib import Path
 import pooch
 import requests
 
-import helpers
+from fashion_lens.catalog import GENDER_FOLDERS, GENDERS
+from fashion_lens.settings import get_settings
 
 SOURCE_REPO = "knowrohit/Fashion-Rec-Sys"
 SOURCE_COMMIT = "21cc20f7c2c44833cca3089d09caf612849a0c1a"
@@ -287,8 +288,8 @@ class _Staging:
 def _resolve_dest(dest) -> Path:
     if dest is None:
         try:
-            dest = helpers.get_settings().data_dir
-        except ValueError as error:  # helpers' SettingsError: a FASHION_LENS_* variable it cannot use
+            dest = get_settings().data_dir
+        except ValueError as error:  # SettingsError: a FASHION_LENS_* variable it cannot use
             raise DownloadError(f"{error} Or name the catalogue folder with --dest.") from None
     return Path(os.path.abspath(Path(dest).expanduser()))
 
@@ -317,11 +318,11 @@ def catalog_files(csv_path) -> list[str]:
     for number, row in enumerate(rows, start=2):
         gender = (row["Gender"] or "").strip()
         name = (row["Image"] or "").strip() or f"{(row['ProductId'] or '').strip()}.jpg"
-        if gender not in helpers.GENDER_FOLDERS:
-            raise DownloadError(f"{csv_path} line {number}: unknown Gender {gender!r} (expected one of {', '.join(helpers.GENDERS)}).")
+        if gender not in GENDER_FOLDERS:
+            raise DownloadError(f"{csv_path} line {number}: unknown Gender {gender!r} (expected one of {', '.join(GENDERS)}).")
         if not SAFE_NAME.fullmatch(name):  # it becomes a path and a URL: no "..", no "/"
             raise DownloadError(f"{csv_path} line {number}: {name!r} is not a plain image file name; refusing to use it.")
-        paths[f"{helpers.GENDER_FOLDERS[gender]}/{name}"] = None
+        paths[f"{GENDER_FOLDERS[gender]}/{name}"] = None
     return list(paths)
 
 
@@ -334,9 +335,9 @@ def existing_catalog(folder) -> tuple[int, str] | None:
         return None
     if not all((Path(folder) / relative).is_file() for relative in images):
         return None
-    gender_of = {subfolder + "/": gender for gender, subfolder in helpers.GENDER_FOLDERS.items()}
+    gender_of = {subfolder + "/": gender for gender, subfolder in GENDER_FOLDERS.items()}
     counts = collections.Counter(gender_of[image[: image.rindex("/") + 1]] for image in images)
-    return len(images), f"{len(images)} products ({', '.join(f'{gender} {counts[gender]}' for gender in helpers.GENDERS)})"
+    return len(images), f"{len(images)} products ({', '.join(f'{gender} {counts[gender]}' for gender in GENDERS)})"
 
 
 def _listing(paths, limit: int = MAX_LISTED) -> str:
