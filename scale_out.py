@@ -275,8 +275,9 @@ def connect_ray(address: str | None = None, cpus: int | None = None) -> bool:
             _check_reachable(address)
             ray.init(address=address, **options)
         else:
-            # sized for the workers asked for, so they do not fight over the same cores
-            ray.init(num_cpus=cpus, include_dashboard=False, **options)
+            _start_local_ray(ray, cpus, options)
+    except ScaleOutError:
+        raise
     except (OSError, RuntimeError, ValueError) as error:
         raise ScaleOutError(
             f"Cannot reach the Ray cluster at {address} ({_what_went_wrong(error)}). Check the address "
@@ -284,6 +285,28 @@ def connect_ray(address: str | None = None, cpus: int | None = None) -> bool:
             "and RAY_ADDRESS unset to run on a local Ray instance."
         ) from error
     return True
+
+
+LOCAL_START_ATTEMPTS = 3
+
+
+def _start_local_ray(ray, cpus: int | None, options: dict) -> None:
+    # Ray gives its own processes a fixed 30 s to register; on a busy machine they can miss it
+    # and a second start succeeds, so a local start is tried a few times before giving up.
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            # sized for the workers asked for, so they do not fight over the same cores
+            ray.init(num_cpus=cpus, include_dashboard=False, **options)
+            return
+        except Exception as error:  # Ray raises a bare Exception for a start-up timeout
+            if "timed out during startup" not in str(error):
+                raise
+            ray.shutdown()
+            if attempt == LOCAL_START_ATTEMPTS:
+                raise ScaleOutError(
+                    f"The local Ray instance did not start ({error}) after {attempt} attempt(s). "
+                    "The machine may be overloaded: close other heavy programs and run again."
+                ) from error
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
