@@ -2,7 +2,8 @@
 
 Start it with `make app` (or `python -m streamlit run app.py`) and open http://localhost:8501.
 Settings come from the environment, as everywhere in the project (get_settings):
-FASHION_LENS_DATA, FASHION_LENS_ARTIFACTS, FASHION_LENS_BACKBONE, FASHION_LENS_WEIGHTS.
+FASHION_LENS_DATA, FASHION_LENS_LAYOUT, FASHION_LENS_COLUMNS (your own catalogue),
+FASHION_LENS_ARTIFACTS, FASHION_LENS_BACKBONE, FASHION_LENS_WEIGHTS.
 All ranking and loading lives in the package fashion_lens; this file is only the page.
 """
 
@@ -14,12 +15,12 @@ import warnings
 import pandas as pd
 import streamlit as st
 
-from fashion_lens.catalog import FILTER_COLUMNS, GENDERS, MAX_MATCHES, find_products, product_row
+from fashion_lens.catalog import FILTER_COLUMNS, MAX_MATCHES, find_products, gender_label, product_row
 from fashion_lens.errors import CatalogError, ImageError, SearchError, SettingsError, WeightsError
 from fashion_lens.features import load_backbone
 from fashion_lens.images import load_image, thumbnail
 from fashion_lens.index import DEFAULT_COLOUR_WEIGHT, Index, load_index
-from fashion_lens.search import MAX_SHOWN, similar_products, similar_to_image
+from fashion_lens.search import MAX_SHOWN, filter_choices, product_position, similar_products, similar_to_image
 from fashion_lens.settings import ENVIRONMENT_VARIABLES, RANDOM_WEIGHTS, Settings, get_settings
 
 GRID_COLUMNS = 5
@@ -40,10 +41,11 @@ st.html("""<style>
 
 
 @st.cache_resource(show_spinner="Loading the catalogue and its features…")
-def load_search_index(data_dir: str, artifacts_dir: str, backbone: str, weights: str):
+def load_search_index(data_dir: str, artifacts_dir: str, backbone: str, weights: str, layout: str,
+                      columns: tuple[tuple[str, str], ...]):
     """Catalogue + features + index, once per process and settings. Missing features are computed
     here, with a progress bar (first start only); the warnings met on the way are returned for the page."""
-    settings = get_settings(data_dir, artifacts_dir, backbone, weights)
+    settings = get_settings(data_dir, artifacts_dir, backbone, weights, layout, dict(columns))
     progress = {"bar": None, "percent": -1}
 
     def draw_progress(done: int, total: int) -> None:
@@ -80,7 +82,7 @@ def show_engine(settings: Settings, index: Index | None = None) -> None:
     st.sidebar.markdown(f"Backbone **{settings.backbone}**, weights **{settings.weights}**")
     if index is not None:
         st.sidebar.caption(f"{len(index)} products indexed · recipe {index.recipe.name} · "
-                           f"weights {index.recipe.weights} · catalogue {settings.data_dir}")
+                           f"weights {index.recipe.weights} · catalogue {settings.data_dir} ({settings.layout} layout)")
 
 
 def search_options(index: Index) -> dict | None:
@@ -95,7 +97,7 @@ def search_options(index: Index) -> dict | None:
     st.sidebar.subheader("Filters")
     filters = {}
     for column in FILTER_COLUMNS:
-        chosen = st.sidebar.multiselect(column, sorted(index.codes[column].categories), key=f"filter_{column}",
+        chosen = st.sidebar.multiselect(column, filter_choices(index, column), key=f"filter_{column}",
                                         placeholder="any")
         if chosen:
             filters[column] = chosen
@@ -115,21 +117,29 @@ def describe_filters(filters: dict) -> str:
     return "; ".join(f"{column} {' or '.join(values)}" for column, values in filters.items())
 
 
+def scope_name(index: Index, gender: str) -> str:
+    """The products a search of `gender` runs over, in words."""
+    if gender:
+        return f"{gender} products"
+    return "all products" if len(index.gender_rows) == 1 else "products without a gender"
+
+
 def pick_product(index: Index) -> pd.Series | None:
-    """The query product, from a ProductId or from words of its title."""
+    """The query product, from a ProductId (as the catalogue writes it) or from words of its title."""
     text = st.text_input("ProductId or words from the title", value=index.catalog["ProductId"].iloc[0],
                          key="product_query", placeholder="e.g. 42419, or: sports shoes").strip()
     if not text:
         st.warning("Enter a ProductId (for example "
                    f"{index.catalog['ProductId'].iloc[0]}) or a few words from a product title.")
         return None
-    if text.isdigit():
-        try:
-            return product_row(index.catalog, text)
+    matches = find_products(index.catalog, text, limit=MAX_MATCHES)
+    is_id = text in index.positions or text in index.left_out
+    if is_id or (matches.empty and len(text.split()) == 1 and any(char.isdigit() for char in text)):
+        try:  # an id, or one word with digits that matches nothing: say why it is not there
+            return index.catalog.loc[product_position(index, text)]
         except KeyError as error:
             st.error(error.args[0])
             return None
-    matches = find_products(index.catalog, text, limit=MAX_MATCHES)
     if matches.empty:
         st.warning(f"No product title contains “{text}”. Try fewer or other words, or a ProductId.")
         return None
@@ -173,14 +183,15 @@ def product_page(index: Index, options: dict) -> None:
     box, switch = st.columns([3, 1], vertical_alignment="bottom")
     with box:
         query = pick_product(index)
-    across = switch.checkbox("Search across all genders", key="across_genders")
+    several = len(index.gender_rows) > 1  # a catalogue without genders has one group: nothing to widen
+    across = switch.checkbox("Search across all genders", key="across_genders") if several else False
     if query is None:
         return
-    where = "all genders" if across else f"{query['Gender']} products"
+    where = "all genders" if across else scope_name(index, query["Gender"])
+    kind = " › ".join(filter(None, (query["Category"], query["SubCategory"], query["ProductType"])))
+    facts = " · ".join(filter(None, (f"`{query['ProductId']}`", query["Gender"], kind, query["Colour"], query["Usage"])))
     show_query(query["image_path"], f"Query · {query['ProductId']}", query["ProductTitle"],
-               f"`{query['ProductId']}` · {query['Gender']} · {query['Category']} › {query['SubCategory']} › "
-               f"{query['ProductType']} · {query['Colour']} · {query['Usage']}  \n"
-               f"Searching **{where}**" + ("." if across else " (the product's gender)."))
+               f"{facts}  \nSearching **{where}**" + (" (the product's gender)." if several and not across else "."))
     started = time.perf_counter()
     try:
         results = similar_products(index, query["ProductId"], across_genders=across, **engine_arguments(options))
@@ -193,7 +204,10 @@ def product_page(index: Index, options: dict) -> None:
 def photo_page(index: Index, options: dict, settings: Settings) -> None:
     box, scope = st.columns([3, 1])
     upload = box.file_uploader("A photo of a product (JPEG or PNG)", type=["jpg", "jpeg", "png"], key="photo")
-    gender = scope.selectbox("Search among", [ALL_GENDERS, *GENDERS], key="photo_gender")
+    genders = list(index.gender_rows)
+    gender = ALL_GENDERS if len(genders) == 1 else scope.selectbox(
+        "Search among", [ALL_GENDERS, *genders], key="photo_gender",
+        format_func=lambda name: name if name == ALL_GENDERS else gender_label(name, genders))
     try:
         load_network(settings.backbone, settings.weights)
     except WeightsError as error:
@@ -207,7 +221,7 @@ def photo_page(index: Index, options: dict, settings: Settings) -> None:
     except ImageError as error:
         st.error(str(error))
         return
-    where = "all genders" if gender == ALL_GENDERS else f"{gender} products"
+    where = ("all genders" if len(genders) > 1 else "all products") if gender == ALL_GENDERS else scope_name(index, gender)
     show_query(thumbnail(photo), f"Your photo · {upload.name}", "Your photo",
                f"`{upload.name}` · {photo.width}×{photo.height} pixels  \nSearching **{where}**.")
     started = time.perf_counter()
@@ -238,7 +252,7 @@ def main() -> None:
         return
     try:
         index, notes = load_search_index(str(settings.data_dir), str(settings.artifacts_dir),
-                                         settings.backbone, settings.weights)
+                                         settings.backbone, settings.weights, settings.layout, settings.columns)
     except LOADING_ERRORS as error:
         show_engine(settings)
         st.error(str(error))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .catalog import FILTER_COLUMNS, GENDERS
+from .catalog import FILTER_COLUMNS, genders_of
 from .errors import SettingsError
 from .images import GEOMETRIES, IMAGE_SIZE, load_image, thumbnail, to_square
 from .index import Index
@@ -82,7 +82,7 @@ def show_products(products: pd.DataFrame, title: str | None = None, columns: int
 def _value_order(catalog: pd.DataFrame, column: str) -> list:
     """The values of a column, genders in catalogue order, anything else most frequent first."""
     if column == "Gender":
-        return [gender for gender in GENDERS if (catalog["Gender"] == gender).any()]
+        return genders_of(catalog)
     return catalog[column].value_counts().index.tolist()
 
 

@@ -32,8 +32,12 @@ class SearchError(FashionLensError, ValueError):
 
 
 class MissingImagesWarning(UserWarning):
-    """Some catalogue rows have no image file; they are left out."""
+    """Some catalogue rows have no image file (they are left out), or several candidate files."""
 
 
 class FeatureCacheWarning(UserWarning):
     """Part of the feature cache was damaged or written by other settings; it is recomputed."""
+
+
+class BlankLabelsWarning(UserWarning):
+    """Some catalogue rows have blank (or NaN) labels; they are kept but match no filter on that column."""

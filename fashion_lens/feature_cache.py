@@ -42,6 +42,7 @@ class Features:
     recipe: FeatureRecipe
     cache_dir: Path | None = None
     computed: int = 0        # photos this call ran through the network (the rest came from the cache)
+    left_out: dict[str, str] = dataclasses.field(default_factory=dict)  # ProductId -> why its photo could not be read
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -81,7 +82,7 @@ def extract_features(catalog: pd.DataFrame, recipe: FeatureRecipe | None = None,
 
     Returns:
         Features, row for row with the catalogue's products that have a readable photo.
-        Unreadable photos are reported in a warning and left out.
+        Unreadable photos are reported in a warning and left out (`left_out` keeps the reasons).
 
     >>> features = extract_features(catalog, default_recipe())  # doctest: +SKIP
     """
@@ -103,7 +104,7 @@ def extract_features(catalog: pd.DataFrame, recipe: FeatureRecipe | None = None,
     keep = [i for i, (pid, fp) in enumerate(zip(ids, fingerprints)) if known.get(pid, (None,))[0] == fp]
     rows = [known[ids[i]][1] for i in keep]
     return Features(ids=ids[keep], vectors=stored["vectors"][rows], colours=stored["colours"][rows], recipe=recipe,
-                    cache_dir=cache_dir, computed=len(todo) - len(failures))
+                    cache_dir=cache_dir, computed=len(todo) - len(failures), left_out=failures)
 
 
 def uncached_positions(catalog: pd.DataFrame, cache_dir: Path, recipe: FeatureRecipe) -> list[int]:

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .catalog import FILTER_COLUMNS, GENDERS, load_catalog
+from .catalog import FILTER_COLUMNS, genders_of, id_order, load_catalog
 from .colour import colour_descriptor
+from .errors import CatalogError
 from .feature_cache import Features, extract_features
 from .features import FeatureRecipe, default_recipe, run_network
 from .images import load_image, to_square
@@ -48,13 +49,17 @@ CANDIDATE_MARGIN = 1e-3
 
 @dataclasses.dataclass
 class Index:
-    """The searchable catalogue: rows grouped by gender, aligned with their descriptors."""
+    """The searchable catalogue: rows grouped by gender, aligned with their descriptors.
+
+    Each Gender value is a group searched on its own ("" gathers the products without one: in a
+    catalogue without genders, that is every product). Products that could not be indexed are in
+    `left_out` with the reason, so that a query for one says why instead of "not in the catalogue"."""
 
     catalog: pd.DataFrame
     vectors: np.ndarray            # float32 (N, D)
     colours: np.ndarray            # float32 (N, C)
     recipe: FeatureRecipe
-    gender_rows: dict[str, slice]  # each gender's rows are contiguous: a query multiplies only its slice
+    gender_rows: dict[str, slice]  # each gender's rows are contiguous (genders_of order): a query multiplies only its slice
     positions: dict[str, int]      # ProductId -> row
     codes: dict[str, pd.Categorical]
     groups: np.ndarray             # duplicate group of each row, as integer codes
@@ -68,6 +73,7 @@ class Index:
     pair_scores: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = dataclasses.field(default=None, repr=False)
     network: Callable = dataclasses.field(default=run_network, repr=False)  # photos -> descriptors (describe_photo)
     approximate_from: int = APPROXIMATE_SEARCH_MIN_PRODUCTS  # catalogue size where FAISS takes over
+    left_out: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)  # ProductId -> why it is not indexed
 
     def __len__(self) -> int:
         return len(self.catalog)
@@ -87,15 +93,11 @@ class Query:
     position: int | None = None  # the index row of a product query (None for a photo)
 
 
-def id_sort_key(product_id: str) -> tuple[int, str]:
-    """ProductIds in numeric order when they are numbers, and in a fixed order whatever they are."""
-    return len(product_id), product_id
-
-
 def build_index(catalog: pd.DataFrame, features: Features, attributes: bool | None = None, *,
                 network: Callable = run_network, approximate_from: int = APPROXIMATE_SEARCH_MIN_PRODUCTS,
                 fit_probes: Callable = fit_attribute_probes) -> Index:
-    """Join the catalogue with its features; products without features are left out.
+    """Join the catalogue with its features; products without features are left out (`Index.left_out`
+    says why, with the products load_catalog left out), and a catalogue with none refused (CatalogError).
 
     Args:
         catalog: the products (load_catalog).
@@ -115,22 +117,29 @@ def build_index(catalog: pd.DataFrame, features: Features, attributes: bool | No
     if features.recipe.weights == RANDOM_WEIGHTS:
         warnings.warn("These features come from an untrained network (weights='random'): "
                       "use them to test shapes, never as recommendations.", stacklevel=2)
-    if attributes is None:
-        attributes = (len(features) >= ATTRIBUTE_MIN_PRODUCTS and features.cache_dir is not None
-                      and features.recipe.metric == "cosine" and features.recipe.weights != RANDOM_WEIGHTS)
     row_of = {pid: row for row, pid in enumerate(features.ids)}
     rows = catalog[catalog["ProductId"].isin(row_of)].copy()
-    rows["_gender"] = pd.Categorical(rows["Gender"], categories=GENDERS)
+    left_out = left_out_products(catalog, features)
+    if rows.empty:
+        reasons = "; ".join(f"{pid}: {reason}" for pid, reason in list(left_out.items())[:5])
+        total = len(set(catalog["ProductId"]) | set(left_out))
+        raise CatalogError(f"None of the {total} products of the catalogue can be indexed "
+                           f"({reasons or 'the catalogue is empty'}). "
+                           "Fix the photos (or the catalogue) and load it again.")
+    if attributes is None:
+        attributes = (len(features) >= ATTRIBUTE_MIN_PRODUCTS and features.cache_dir is not None
+                      and features.recipe.metric == "cosine" and features.recipe.weights != RANDOM_WEIGHTS
+                      and all(rows[target].ne("").any() for target in ("ProductType", "Colour")))
+    genders = genders_of(rows)
+    rows["_gender"] = pd.Categorical(rows["Gender"], categories=genders)
     rows = rows.sort_values("_gender", kind="stable").drop(columns="_gender").reset_index(drop=True)
     order = np.array([row_of[pid] for pid in rows["ProductId"]], dtype=np.int64)
     gender_rows, start = {}, 0
-    for gender in GENDERS:
+    for gender in genders:
         count = int((rows["Gender"] == gender).sum())
         gender_rows[gender] = slice(start, start + count)
         start += count
     ids = rows["ProductId"].tolist()
-    id_rank = np.empty(len(ids), dtype=np.int64)
-    id_rank[sorted(range(len(ids)), key=lambda row: id_sort_key(ids[row]))] = np.arange(len(ids))
     probes = {}
     if attributes:
         out_of_fold, models = fit_probes(catalog, features)
@@ -143,12 +152,15 @@ def build_index(catalog: pd.DataFrame, features: Features, attributes: bool | No
         recipe=features.recipe,
         gender_rows=gender_rows,
         positions={pid: row for row, pid in enumerate(ids)},
-        codes={column: pd.Categorical(rows[column]) for column in FILTER_COLUMNS},
+        # blank labels get no category: no filter keeps them and no choice lists them
+        codes={column: pd.Categorical(rows[column].mask(rows[column] == ""), categories=sorted(set(rows[column]) - {""}))
+               for column in FILTER_COLUMNS},
         groups=pd.factorize(rows["duplicate_group"])[0],
-        id_rank=id_rank,
+        id_rank=id_order(ids),
         feature_cache_dir=features.cache_dir,
         network=network,
         approximate_from=approximate_from,
+        left_out=left_out,
         **probes,
     )
     if index.metric == "cosine" and max(s.stop - s.start for s in gender_rows.values()) <= PAIR_SCORES_MAX_ROWS:
@@ -156,12 +168,24 @@ def build_index(catalog: pd.DataFrame, features: Features, attributes: bool | No
     return index
 
 
+def left_out_products(catalog: pd.DataFrame, features: Features) -> dict[str, str]:
+    """Why each product that has no features is left out: load_catalog's reasons (catalog.attrs),
+    then the photos extract_features could not read."""
+    left_out = dict(catalog.attrs.get("left_out", {}))
+    left_out.update({pid: f"its photo could not be read ({reason})" for pid, reason in features.left_out.items()})
+    with_features = set(features.ids)
+    for product_id in catalog["ProductId"]:
+        if product_id not in with_features and product_id not in left_out:
+            left_out[product_id] = "it has no features (its photo was not among those described)"
+    return left_out
+
+
 def load_index(catalog: pd.DataFrame | None = None, settings: Settings | None = None,
                recipe: FeatureRecipe | None = None, progress: bool = True, on_progress=None) -> Index:
     """Catalogue + cached features (computed where missing) -> Index: the one call most users need.
 
     Args:
-        catalog: the products (default: load_catalog() of the data setting).
+        catalog: the products (default: load_catalog() of the data, layout and columns settings).
         settings: folders, backbone and weights (default: get_settings()).
         recipe: how photos become descriptors (default: default_recipe(settings)).
         progress: show a progress bar while features are computed.
@@ -171,7 +195,8 @@ def load_index(catalog: pd.DataFrame | None = None, settings: Settings | None = 
     >>> similar_products(index, "13683", k=5)  # doctest: +SKIP
     """
     settings = settings or get_settings()
-    catalog = load_catalog(settings.data_dir) if catalog is None else catalog
+    if catalog is None:
+        catalog = load_catalog(settings.data_dir, layout=settings.layout, columns=dict(settings.columns))
     features = extract_features(catalog, recipe or default_recipe(settings),
                                 artifacts_dir=settings.artifacts_dir, progress=progress, on_progress=on_progress)
     return build_index(catalog, features)

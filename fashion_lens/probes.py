@@ -111,13 +111,14 @@ def fit_attribute_probes(catalog: pd.DataFrame, features: Features, fit=fit_prob
         out_of_fold, models, arrays = {}, {}, {}
         for target, C in ATTRIBUTE_PROBES.items():
             labels = rows[target].to_numpy(dtype=str)
-            classes = np.unique(labels)
+            labelled = labels != ""  # a blank label teaches nothing; its product still gets probabilities
+            classes = np.unique(labels[labelled])
             out_of_fold[target] = np.zeros((len(inputs), len(classes)), np.float32)
             for fold in range(ATTRIBUTE_FOLDS):
-                train = folds != fold
+                train = (folds != fold) & labelled
                 model = fit(inputs[train], labels[train], C, classes)
-                out_of_fold[target][~train] = model.predict(inputs[~train])
-            models[target] = fit(inputs, labels, C, classes)
+                out_of_fold[target][folds == fold] = model.predict(inputs[folds == fold])
+            models[target] = fit(inputs[labelled], labels[labelled], C, classes)
             arrays[f"{target}.oof"] = out_of_fold[target]
             arrays.update({f"{target}.{part}": getattr(models[target], part)
                            for part in ("classes", "mean", "scale", "coef", "intercept")})

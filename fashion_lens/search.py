@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .ann import rank_with_faiss, uses_faiss
-from .catalog import FILTER_COLUMNS, GENDERS, normalize_product_id, unknown_product_message
+from .catalog import FILTER_COLUMNS, normalize_product_id, unknown_product_message
 from .colour import colour_names
 from .errors import SearchError
 from .index import DEFAULT_COLOUR_WEIGHT, Index, Query, colour_aware_similarity, describe_photo, euclidean_similarities, product_query, top_k
@@ -94,6 +94,11 @@ def check_colour_weight(index: Index, colour_weight) -> float:
     return _number("colour_weight (0 = pure visual, 1 = pure colour)", value, 0.0, 1.0)
 
 
+def filter_choices(index: Index, column: str) -> list[str]:
+    """The values a filter on `column` can keep, in order (blank labels are no choice)."""
+    return index.codes[column].categories.tolist()
+
+
 def filter_mask(index: Index, rows: slice, filters: dict) -> np.ndarray | None:
     """Boolean mask over `rows` for the chosen SubCategory/ProductType/Colour/Usage values."""
     mask = None
@@ -160,10 +165,7 @@ def similar_products(index: Index, product_id, k: int = 5, *, options: SearchOpt
     >>> similar_products(index, "13683", k=5, colour_weight=0)  # doctest: +SKIP
     """
     options = search_options(options, **choices)
-    product_id = normalize_product_id(product_id)
-    if product_id not in index.positions:
-        raise KeyError(unknown_product_message(index.catalog["ProductId"], product_id))
-    position = index.positions[product_id]
+    position = product_position(index, product_id)
     gender = index.catalog.at[position, "Gender"]
     rows = slice(0, len(index)) if options.across_genders else index.gender_rows[gender]
     exclude = np.array([position - rows.start]) if options.include_duplicates \
@@ -171,12 +173,20 @@ def similar_products(index: Index, product_id, k: int = 5, *, options: SearchOpt
     return _search(index, product_query(index, position), k, rows, exclude, options)
 
 
+def product_position(index: Index, product_id) -> int:
+    """The index row of a product; KeyError saying why it was left out, or naming close ids."""
+    product_id = normalize_product_id(product_id)
+    if product_id not in index.positions:
+        raise KeyError(unknown_product_message(index.catalog["ProductId"], product_id, index.left_out))
+    return index.positions[product_id]
+
+
 def similar_to_image(index: Index, image, k: int = 5, *, gender: str | None = None,
                      options: SearchOptions | None = None, **choices) -> pd.DataFrame:
     """The k catalogue products that look most like any photo (path, bytes, file object or PIL image).
 
     The photo goes through exactly the catalogue's pipeline. Without `gender`, all genders are
-    searched. Options as for similar_products.
+    searched (a gender is one of index.gender_rows). Options as for similar_products.
 
     >>> similar_to_image(index, "my_shoe.jpg", k=5, gender="Men")  # doctest: +SKIP
     """
@@ -189,9 +199,10 @@ def similar_to_query(index: Index, query: Query, k: int = 5, *, gender: str | No
     """The k products most like an already described photo (see index.describe_photo): re-ranking
     with other settings needs no second pass through the network."""
     options = search_options(options, **choices)
-    if gender is not None and gender not in GENDERS:
-        raise SearchError(f"Unknown gender {gender!r}; choose one of {', '.join(GENDERS)}.")
-    rows = index.gender_rows[gender] if gender else slice(0, len(index))
+    if gender is not None and gender not in index.gender_rows:
+        genders = ", ".join(name or "'' (the products without a gender)" for name in index.gender_rows)
+        raise SearchError(f"Unknown gender {gender!r}; choose one of {genders}, or None for the whole catalogue.")
+    rows = slice(0, len(index)) if gender is None else index.gender_rows[gender]
     return _search(index, query, k, rows, None, options)
 
 
@@ -217,7 +228,7 @@ def explain_similarity(query: pd.Series | None, result: pd.Series, result_colour
     parts = []
     if query is not None:
         shared = [f"{column} {result[column]}" for column in ("ProductType", "Colour", "Usage")
-                  if query[column] == result[column]]
+                  if result[column] and query[column] == result[column]]  # two blanks share nothing
         if shared:
             parts.append("same " + ", ".join(shared))
     common = [name for name in colour_names(result_colour) if name in colour_names(query_colour, top=3)]

@@ -1,4 +1,4 @@
-"""Settings: which catalogue, where generated files go, which backbone and weights.
+"""Settings: which catalogue (folder, layout, column names), where generated files go, which backbone and weights.
 
 Each setting is read in one place, get_settings: an argument wins, then the environment
 variable, then the default.
@@ -20,12 +20,16 @@ ENVIRONMENT_VARIABLES = {
     "artifacts_dir": "FASHION_LENS_ARTIFACTS",
     "backbone": "FASHION_LENS_BACKBONE",
     "weights": "FASHION_LENS_WEIGHTS",
+    "layout": "FASHION_LENS_LAYOUT",
+    "columns": "FASHION_LENS_COLUMNS",
 }
 DEFAULT_SETTINGS = {
     "data_dir": PROJECT_DIR / "data" / "fashion",
     "artifacts_dir": PROJECT_DIR / "artifacts",
     "backbone": "resnet50",  # the reference article's backbone
     "weights": "imagenet",
+    "layout": "fashion-lens",  # fashion.csv, as `make data` gets it; "kaggle": the Kaggle styles.csv layout
+    "columns": "",  # the catalogue's own column names, e.g. "id=ProductId, name=ProductTitle"
 }
 # "random" builds the network untrained: for shape tests only, never for recommendations.
 RANDOM_WEIGHTS = "random"
@@ -37,20 +41,26 @@ class Settings:
     artifacts_dir: Path
     backbone: str
     weights: str  # "imagenet", "random" or the path of a Keras weights file
+    layout: str = DEFAULT_SETTINGS["layout"]  # the catalogue's layout (catalog_layout.LAYOUTS)
+    columns: tuple[tuple[str, str], ...] = ()  # (the catalogue's column, the project's column) pairs
 
 
-def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None) -> Settings:
+def read_setting(name: str, value=None):
+    """One setting, unchecked: the argument unless None or "", then the environment variable, then the default."""
+    if value is None or value == "":
+        value = os.environ.get(ENVIRONMENT_VARIABLES[name]) or DEFAULT_SETTINGS[name]
+    return value
+
+
+def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None, layout=None, columns=None) -> Settings:
     """Read the settings: an argument wins, then the environment variable, then the default.
 
     >>> get_settings(backbone="mobilenet_v2").backbone
     'mobilenet_v2'
     """
-    given = {"data_dir": data_dir, "artifacts_dir": artifacts_dir, "backbone": backbone, "weights": weights}
-    values = {}
-    for name, value in given.items():
-        if value is None or value == "":
-            value = os.environ.get(ENVIRONMENT_VARIABLES[name]) or DEFAULT_SETTINGS[name]
-        values[name] = value
+    given = {"data_dir": data_dir, "artifacts_dir": artifacts_dir, "backbone": backbone, "weights": weights,
+             "layout": layout, "columns": columns}
+    values = {name: read_setting(name, value) for name, value in given.items()}
     backbone_name = str(values["backbone"]).strip().lower()
     if backbone_name not in BACKBONES:
         raise SettingsError(
@@ -62,7 +72,28 @@ def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None)
         artifacts_dir=Path(values["artifacts_dir"]).expanduser().resolve(),
         backbone=backbone_name,
         weights=_check_weights(str(values["weights"])),
+        layout=str(values["layout"]).strip().lower(),
+        columns=tuple(parse_columns(values["columns"]).items()),
     )
+
+
+def parse_columns(columns) -> dict[str, str]:
+    """A column mapping {the catalogue's column: the project's column}, from a dict or from text
+    "id=ProductId, name=ProductTitle" (how FASHION_LENS_COLUMNS gives it)."""
+    if isinstance(columns, dict):
+        return {str(source).strip(): str(target).strip() for source, target in columns.items()}
+    if isinstance(columns, (tuple, list)):
+        return parse_columns(dict(columns))
+    mapping = {}
+    for entry in filter(None, (part.strip() for part in str(columns or "").split(","))):
+        source, equals, target = (part.strip() for part in entry.partition("="))
+        if not equals or not source or not target:
+            raise SettingsError(
+                f"Cannot read the column mapping entry {entry!r}: write each entry as <your column>=<fashion-lens "
+                f"column>, separated by commas, e.g. {ENVIRONMENT_VARIABLES['columns']}='id=ProductId, name=ProductTitle'."
+            )
+        mapping[source] = target
+    return mapping
 
 
 def _check_weights(weights: str) -> str:

@@ -10,12 +10,12 @@ import html
 
 import pandas as pd
 
-from .catalog import GENDERS, MAX_MATCHES, find_products, normalize_product_id, unknown_product_message
+from .catalog import MAX_MATCHES, find_products, gender_label
 from .colour import colour_names
-from .errors import ImageError, SearchError, SettingsError, WeightsError
+from .errors import CatalogError, ImageError, SearchError, SettingsError, WeightsError
 from .images import jpeg_bytes, load_image, thumbnail
 from .index import DEFAULT_COLOUR_WEIGHT, Index, Query, describe_photo
-from .search import MAX_SHOWN, check_k, similar_products, similar_to_query
+from .search import MAX_SHOWN, check_k, filter_choices, product_position, similar_products, similar_to_query
 
 ANY = "any"  # the filter choice that keeps every value
 UPLOAD_TYPES = ".jpg,.jpeg,.png"
@@ -48,6 +48,8 @@ class RecommenderWidgetBase:
     def __init__(self, index: Index, product_id=None, k: int = 6, thumbnail_size: int = 150):
         import ipywidgets as widgets
 
+        if len(index) == 0:
+            raise CatalogError("The index holds no product: load a catalogue whose photos can be read (load_index).")
         self.index = index
         self.thumbnail_size = thumbnail_size
         self.query: WidgetQuery | None = None
@@ -58,11 +60,14 @@ class RecommenderWidgetBase:
         self._quiet = 0  # > 0 while the widget sets its own controls: their observers stay silent
         wide = {"description_width": "initial"}
 
-        genders = [gender for gender in GENDERS if index.gender_rows[gender].stop > index.gender_rows[gender].start]
-        self.gender = widgets.Dropdown(options=genders, description="Gender", style=wide)
+        genders = list(index.gender_rows)  # one group: a catalogue without genders, nothing to choose
+        one_group = {"display": "none"} if len(genders) == 1 else {}
+        self.gender = widgets.Dropdown(options=[(self._label(gender), gender) for gender in genders] if "" in genders
+                                       else genders, description="Gender", style=wide, layout=widgets.Layout(**one_group))
         self.search = widgets.Text(description="Search", placeholder="part of a title or a ProductId", style=wide)
         self.matches = widgets.Dropdown(description="Product", style=wide, layout=widgets.Layout(width="420px"))
-        self.product_id = widgets.Text(description="ProductId", placeholder="e.g. 13683", continuous_update=False,
+        self.product_id = widgets.Text(description="ProductId", placeholder=f"e.g. {index.catalog['ProductId'].iloc[0]}",
+                                       continuous_update=False,
                                        style=wide, layout=widgets.Layout(width="200px"))
         self.find_button = widgets.Button(description="Show similar", icon="search")
         self.upload = widgets.FileUpload(accept=UPLOAD_TYPES, multiple=False, description="Your photo")
@@ -73,9 +78,10 @@ class RecommenderWidgetBase:
         self.colour_weight = widgets.FloatSlider(value=DEFAULT_COLOUR_WEIGHT, min=0.0, max=1.0, step=0.05,
                                                  description="Colour weight", continuous_update=False, style=wide,
                                                  disabled=index.metric == "euclidean")
-        self.across_genders = widgets.Checkbox(value=False, description="across all genders", indent=False)
+        self.across_genders = widgets.Checkbox(value=False, description="across all genders", indent=False,
+                                               layout=widgets.Layout(**one_group))
         self.subcategory, self.colour, self.usage = (
-            widgets.Dropdown(options=[ANY, *sorted(index.catalog[column].unique())], description=column, style=wide)
+            widgets.Dropdown(options=[ANY, *filter_choices(index, column)], description=column, style=wide)
             for column in ("SubCategory", "Colour", "Usage")
         )
         self.back_button = widgets.Button(description="Back", icon="arrow-left", disabled=True)
@@ -119,8 +125,8 @@ class RecommenderWidgetBase:
         if product_id is not None:
             self.query_product(product_id)
         else:
-            self._say("Choose a gender and a product (search by title or type its ProductId), or upload a photo.",
-                      error=False)
+            self._say(f"Choose {'a gender and ' if len(genders) > 1 else ''}a product (search by title or type its "
+                      "ProductId), or upload a photo.", error=False)
 
     # ---- the actions (also the calls a test or the benchmark makes) ----
 
@@ -128,15 +134,14 @@ class RecommenderWidgetBase:
         """Make a catalogue product the query and show its most similar products."""
         text = str(product_id).strip()
         if not text:
-            return self._say("Type a ProductId (digits, e.g. 13683) or search by title, then choose a product.")
+            return self._say(f"Type a ProductId (e.g. {self.index.catalog['ProductId'].iloc[0]}) or search by title, "
+                             "then choose a product.")
         try:
-            product_id = normalize_product_id(text)
-        except KeyError as error:
+            position = product_position(self.index, text)
+        except KeyError as error:  # not in the catalogue, or left out: the message says which
             return self._say(error.args[0])
-        if product_id not in self.index.positions:
-            return self._say(unknown_product_message(self.index.catalog["ProductId"], product_id))
-        gender = self.index.catalog.at[self.index.positions[product_id], "Gender"]
-        return self._go(WidgetQuery(gender=gender, product_id=product_id))
+        row = self.index.catalog.loc[position]
+        return self._go(WidgetQuery(gender=row["Gender"], product_id=row["ProductId"]))
 
     def query_photo(self, content: bytes, name: str = "the upload") -> bool:
         """Make a photo (JPEG/PNG bytes) the query: the network runs once on it, here."""
@@ -193,10 +198,10 @@ class RecommenderWidgetBase:
         if results.empty:
             chosen = [f"{control.description} {control.value}" for control in (self.subcategory, self.colour, self.usage)
                       if control.value != ANY]
-            scope = "any gender" if self.across_genders.value else query.gender
+            scope = "any gender" if self.across_genders.value else self._label(query.gender)
+            widen = not self.across_genders.value and len(self.index.gender_rows) > 1
             self._say(f"No product of {scope} has {' and '.join(chosen)}. Set a filter back to '{ANY}'"
-                      f"{'' if self.across_genders.value else ' or tick across all genders'}; "
-                      "the previous results are still shown.")
+                      f"{' or tick across all genders' if widen else ''}; the previous results are still shown.")
             return None
         return results
 
@@ -228,7 +233,7 @@ class RecommenderWidgetBase:
         if query.product_id is not None:
             row = self.index.catalog.loc[self.index.positions[query.product_id]]
             self.query_image.value = self._thumbnail(row["image_path"])
-            self.query_caption.value = _card_html(row["ProductTitle"], f"ProductId {row['ProductId']} · {row['Gender']}",
+            self.query_caption.value = _card_html(row["ProductTitle"], " · ".join(filter(None, [f"ProductId {row['ProductId']}", row["Gender"]])),
                                                   f"{row['ProductType']}, {row['Colour']}, {row['Usage']}")
             subject = f"{html.escape(row['ProductTitle'])} ({row['ProductId']})"
         else:
@@ -237,7 +242,7 @@ class RecommenderWidgetBase:
                                                   f"colours: {', '.join(colour_names(query.description.colour))}")
             subject = f"your photo {html.escape(query.photo_name)}"
         self.query_panel.layout.display = "flex"
-        scope = "all genders" if self.across_genders.value else query.gender
+        scope = "all genders" if self.across_genders.value else self._label(query.gender)
         self.summary.value = f"<b>{len(self.results)} products most similar to {subject}</b> · {scope}"
         while len(self.cards) < len(self.results):
             self.cards.append(_ResultCard(self))
@@ -246,6 +251,9 @@ class RecommenderWidgetBase:
         self.grid.children = tuple(card.box for card in self.cards[: len(self.results)])
         self.back_button.disabled = not self.history
         self._say("", error=False)
+
+    def _label(self, gender: str) -> str:
+        return gender_label(gender, self.index.gender_rows)
 
     def _say(self, text: str, error: bool = True) -> bool:
         colour = "#b00020" if error else "#555"
@@ -267,7 +275,7 @@ class RecommenderWidgetBase:
         text = self.search.value.strip()
         found = find_products(rows, text, limit=MAX_MATCHES + 1) if text else rows.head(MAX_MATCHES)
         if text and found.empty:
-            prompt = f"no {self.gender.value} product matches {text!r}"
+            prompt = f"no {gender_label(self.gender.value, self.index.gender_rows)} product matches {text!r}"
         elif len(found) > MAX_MATCHES:
             prompt, found = f"first {MAX_MATCHES} matches: choose one (or type more)", found.head(MAX_MATCHES)
         else:

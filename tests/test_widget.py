@@ -198,8 +198,8 @@ def _unused_value(index, gender, column):
 BAD_INPUTS = {
     "unknown id": (lambda widget, index: setattr(widget.product_id, "value", "99999999"),
                    "ProductId '99999999' is not in the catalogue"),
-    "id that is not digits": (lambda widget, index: setattr(widget.product_id, "value", "blue shirt"),
-                              "'blue shirt' is not a ProductId"),
+    "words instead of an id": (lambda widget, index: setattr(widget.product_id, "value", "blue shirt"),
+                               "ProductId 'blue shirt' is not in the catalogue"),
     "empty id": (lambda widget, index: (setattr(widget.product_id, "value", ""), widget.find_button.click()),
                  "Type a ProductId"),
     "empty upload": (lambda widget, index: upload(widget, "empty.jpg", b""), "empty.jpg is empty (0 bytes)"),
