@@ -1,4 +1,4 @@
-"""Settings: which catalogue, where generated files go, which backbone and weights.
+"""Settings: which catalogue, where generated files go, which backbone and weights, where the search runs.
 
 Each setting is read in one place, get_settings: an argument wins, then the environment
 variable, then the default.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 from .errors import SettingsError
@@ -20,12 +21,14 @@ ENVIRONMENT_VARIABLES = {
     "artifacts_dir": "FASHION_LENS_ARTIFACTS",
     "backbone": "FASHION_LENS_BACKBONE",
     "weights": "FASHION_LENS_WEIGHTS",
+    "milvus_uri": "FASHION_LENS_MILVUS_URI",
 }
 DEFAULT_SETTINGS = {
     "data_dir": PROJECT_DIR / "data" / "fashion",
     "artifacts_dir": PROJECT_DIR / "artifacts",
     "backbone": "resnet50",  # the reference article's backbone
     "weights": "imagenet",
+    "milvus_uri": None,  # search in this process (exact, or FAISS for large catalogues)
 }
 # "random" builds the network untrained: for shape tests only, never for recommendations.
 RANDOM_WEIGHTS = "random"
@@ -37,15 +40,17 @@ class Settings:
     artifacts_dir: Path
     backbone: str
     weights: str  # "imagenet", "random" or the path of a Keras weights file
+    milvus_uri: str | None = None  # None: search in-process; a .db file: Milvus Lite; http(s)://host:port: a Milvus server
 
 
-def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None) -> Settings:
+def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None, milvus_uri=None) -> Settings:
     """Read the settings: an argument wins, then the environment variable, then the default.
 
     >>> get_settings(backbone="mobilenet_v2").backbone
     'mobilenet_v2'
     """
-    given = {"data_dir": data_dir, "artifacts_dir": artifacts_dir, "backbone": backbone, "weights": weights}
+    given = {"data_dir": data_dir, "artifacts_dir": artifacts_dir, "backbone": backbone, "weights": weights,
+             "milvus_uri": milvus_uri}
     values = {}
     for name, value in given.items():
         if value is None or value == "":
@@ -62,7 +67,33 @@ def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None)
         artifacts_dir=Path(values["artifacts_dir"]).expanduser().resolve(),
         backbone=backbone_name,
         weights=_check_weights(str(values["weights"])),
+        milvus_uri=check_milvus_uri(values["milvus_uri"]),
     )
+
+
+MILVUS_SERVER = re.compile(r"^(https?|tcp)://", re.IGNORECASE)
+
+
+def is_milvus_server(uri: str) -> bool:
+    """Does `uri` name a Milvus server (http://, https://, tcp://) rather than a Milvus Lite file?"""
+    return bool(MILVUS_SERVER.match(uri))
+
+
+def check_milvus_uri(uri) -> str | None:
+    """The Milvus setting as the search uses it: None (in-process), a server URI as given, or the
+    absolute path of a Milvus Lite file (Milvus Lite only opens paths ending in .db)."""
+    if uri is None or not str(uri).strip():
+        return None
+    uri = str(uri).strip()
+    if is_milvus_server(uri):
+        return uri
+    if "://" in uri or not uri.endswith(".db"):
+        raise SettingsError(
+            f"{ENVIRONMENT_VARIABLES['milvus_uri']}={uri!r} names neither a Milvus server nor a Milvus Lite file. "
+            "Give http(s)://host:19530 for a server, or a file path ending in .db for Milvus Lite "
+            "(for example artifacts/milvus/catalogue.db); leave it empty to search in-process."
+        )
+    return str(Path(uri).expanduser().resolve())
 
 
 def _check_weights(weights: str) -> str:
