@@ -12,7 +12,7 @@ import pandas as pd
 
 from .catalog import GENDERS, MAX_MATCHES, find_products, normalize_product_id, unknown_product_message
 from .colour import colour_names
-from .errors import ImageError, SearchError, SettingsError, WeightsError
+from .errors import ImageError, SearchBackendError, SearchError, SettingsError, WeightsError
 from .images import jpeg_bytes, load_image, thumbnail
 from .index import DEFAULT_COLOUR_WEIGHT, Index, Query, describe_photo
 from .search import MAX_SHOWN, check_k, similar_products, similar_to_query
@@ -187,7 +187,7 @@ class RecommenderWidgetBase:
         except KeyError as error:
             self._say(error.args[0] if error.args else str(error))
             return None
-        except SearchError as error:
+        except (SearchError, SearchBackendError) as error:  # a bad query, or the Milvus server gone
             self._say(str(error))
             return None
         if results.empty:
