@@ -11,6 +11,7 @@ FASHION_LENS_REQUIRE_MILVUS=1 says the run must have it (CI does).
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import time
 
@@ -23,8 +24,7 @@ from fashion_lens.index import build_index, load_index
 from fashion_lens.search import search_backend, similar_products, similar_to_image
 from fashion_lens.settings import get_settings
 
-REQUIRED = "FASHION_LENS_REQUIRE_MILVUS"
-if __import__("os").environ.get(REQUIRED) == "1":
+if os.environ.get("FASHION_LENS_REQUIRE_MILVUS") == "1":
     import milvus_lite  # noqa: F401  (a missing Milvus fails the run here)
     import pymilvus  # noqa: F401
 else:
@@ -34,9 +34,6 @@ else:
 from engine_support import hand_built_index  # noqa: E402
 
 from fashion_lens.milvus_search import connect_milvus, filter_expression, sync_milvus  # noqa: E402
-
-# Milvus Lite's own gRPC server logs the query iterator's missing timestamp; harmless here
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 FILTER_CASES = [
     {},
