@@ -3,7 +3,8 @@
 Start it with `make app` (or `python -m streamlit run app.py`) and open http://localhost:8501.
 Settings come from the environment, as everywhere in the project (get_settings):
 FASHION_LENS_DATA, FASHION_LENS_LAYOUT, FASHION_LENS_COLUMNS (your own catalogue),
-FASHION_LENS_ARTIFACTS, FASHION_LENS_BACKBONE, FASHION_LENS_WEIGHTS.
+FASHION_LENS_ARTIFACTS, FASHION_LENS_BACKBONE, FASHION_LENS_WEIGHTS, and
+FASHION_LENS_MILVUS_URI to search through Milvus (the sidebar says which backend answers).
 All ranking and loading lives in the package fashion_lens; this file is only the page.
 """
 
@@ -16,11 +17,12 @@ import pandas as pd
 import streamlit as st
 
 from fashion_lens.catalog import FILTER_COLUMNS, MAX_MATCHES, find_products, gender_label, product_row
-from fashion_lens.errors import CatalogError, ImageError, SearchError, SettingsError, WeightsError
+from fashion_lens.errors import CatalogError, ImageError, SearchBackendError, SearchError, SettingsError, WeightsError
 from fashion_lens.features import load_backbone
 from fashion_lens.images import load_image, thumbnail
 from fashion_lens.index import DEFAULT_COLOUR_WEIGHT, Index, load_index
-from fashion_lens.search import MAX_SHOWN, filter_choices, product_position, similar_products, similar_to_image
+from fashion_lens.milvus_search import sync_milvus
+from fashion_lens.search import MAX_SHOWN, filter_choices, product_position, search_backend, similar_products, similar_to_image
 from fashion_lens.settings import ENVIRONMENT_VARIABLES, RANDOM_WEIGHTS, Settings, get_settings
 
 GRID_COLUMNS = 5
@@ -28,7 +30,9 @@ ALL_GENDERS = "All genders"
 # similar_products / similar_to_image keyword for each filter column
 FILTER_ARGUMENTS = {"SubCategory": "subcategory", "ProductType": "product_type", "Colour": "colour", "Usage": "usage"}
 # What can go wrong before the first query: each carries a message saying what to do.
-LOADING_ERRORS = (SettingsError, CatalogError, WeightsError)
+LOADING_ERRORS = (SettingsError, CatalogError, WeightsError, SearchBackendError)
+# What can go wrong while answering: a bad query, or the Milvus server gone
+QUERY_ERRORS = (KeyError, SearchError, SearchBackendError)
 
 st.set_page_config(page_title="fashion-lens", page_icon="👗", layout="wide")
 st.set_option("client.toolbarMode", "minimal")  # no "Deploy" button: this is a local tool
@@ -42,10 +46,11 @@ st.html("""<style>
 
 @st.cache_resource(show_spinner="Loading the catalogue and its features…")
 def load_search_index(data_dir: str, artifacts_dir: str, backbone: str, weights: str, layout: str,
-                      columns: tuple[tuple[str, str], ...]):
+                      columns: tuple[tuple[str, str], ...], milvus_uri: str | None = None):
     """Catalogue + features + index, once per process and settings. Missing features are computed
-    here, with a progress bar (first start only); the warnings met on the way are returned for the page."""
-    settings = get_settings(data_dir, artifacts_dir, backbone, weights, layout, dict(columns))
+    here, with a progress bar (first start only); with a Milvus setting, the collection is synced
+    here too. The warnings met on the way are returned for the page."""
+    settings = get_settings(data_dir, artifacts_dir, backbone, weights, layout, dict(columns), milvus_uri)
     progress = {"bar": None, "percent": -1}
 
     def draw_progress(done: int, total: int) -> None:
@@ -62,6 +67,8 @@ def load_search_index(data_dir: str, artifacts_dir: str, backbone: str, weights:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             index = load_index(settings=settings, progress=False, on_progress=draw_progress)
+            if index.milvus_uri:
+                sync_milvus(index)  # its report stays on index.milvus.last_sync (shown by show_engine)
     finally:
         if progress["bar"] is not None:
             progress["bar"].empty()
@@ -81,8 +88,13 @@ def show_engine(settings: Settings, index: Index | None = None) -> None:
     st.sidebar.subheader("Engine")
     st.sidebar.markdown(f"Backbone **{settings.backbone}**, weights **{settings.weights}**")
     if index is not None:
+        st.sidebar.markdown(f"Search: **{search_backend(index)}**")
+        if index.milvus is not None and index.milvus.last_sync is not None:
+            st.sidebar.caption(str(index.milvus.last_sync))
         st.sidebar.caption(f"{len(index)} products indexed · recipe {index.recipe.name} · "
                            f"weights {index.recipe.weights} · catalogue {settings.data_dir} ({settings.layout} layout)")
+    elif settings.milvus_uri:
+        st.sidebar.markdown(f"Search: **Milvus at {settings.milvus_uri}**")
 
 
 def search_options(index: Index) -> dict | None:
@@ -195,7 +207,7 @@ def product_page(index: Index, options: dict) -> None:
     started = time.perf_counter()
     try:
         results = similar_products(index, query["ProductId"], across_genders=across, **engine_arguments(options))
-    except (KeyError, SearchError) as error:
+    except QUERY_ERRORS as error:
         st.error(error.args[0])
         return
     show_results(results, time.perf_counter() - started, where, options["filters"])
@@ -229,7 +241,7 @@ def photo_page(index: Index, options: dict, settings: Settings) -> None:
         with st.spinner("Reading your photo…"):
             results = similar_to_image(index, photo, gender=None if gender == ALL_GENDERS else gender,
                                                **engine_arguments(options))
-    except (ImageError, SearchError, WeightsError) as error:
+    except (ImageError, SearchError, SearchBackendError, WeightsError) as error:
         st.error(str(error))
         return
     show_results(results, time.perf_counter() - started, where, options["filters"])
@@ -252,7 +264,8 @@ def main() -> None:
         return
     try:
         index, notes = load_search_index(str(settings.data_dir), str(settings.artifacts_dir),
-                                         settings.backbone, settings.weights, settings.layout, settings.columns)
+                                         settings.backbone, settings.weights, settings.layout, settings.columns,
+                                         settings.milvus_uri)
     except LOADING_ERRORS as error:
         show_engine(settings)
         st.error(str(error))

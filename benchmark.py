@@ -1,8 +1,9 @@
 """Benchmark fashion-lens against the reference article's method, side by side in one run.
 
-    python benchmark.py                # full: the whole catalogue; synthetic catalogues of 10k, 100k, 1M
-    python benchmark.py --quick        # a few minutes: 64 products per gender; synthetic 10k and 100k
+    python benchmark.py                # full: the whole catalogue; synthetic catalogues of 10k, 100k, 1M; Milvus Lite at 100k
+    python benchmark.py --quick        # a few minutes: 64 products per gender; synthetic 10k and 100k; Milvus Lite at 100k
     python benchmark.py --backbone mobilenet_v2
+    python benchmark.py --only milvus  # one section: exact, FAISS and Milvus Lite side by side on synthetic 100k
 
 Both methods run on the same machine, the same photos and the same backbone, each from a cold
 feature cache (fresh temporary folders). Prints a table and writes artifacts/bench/results.json
@@ -31,7 +32,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pandas as pd
 
-from fashion_lens.ann import FAISS_PCA_DIMENSIONS, FAISS_PROBES, build_faiss_index, candidate_count, exact_similarities, faiss_candidates, faiss_index_spec
+from fashion_lens.ann import (
+    FAISS_PCA_DIMENSIONS,
+    FAISS_PROBES,
+    attach_faiss_index,
+    build_faiss_index,
+    candidate_count,
+    exact_similarities,
+    faiss_candidates,
+    faiss_index_spec,
+)
 from fashion_lens.catalog import load_catalog
 from fashion_lens.errors import WeightsError
 from fashion_lens.evaluation import compare_methods
@@ -39,6 +49,7 @@ from fashion_lens.feature_cache import Features, extract_features
 from fashion_lens.features import default_recipe, load_backbone, reference_recipe, resolve_recipe, run_network
 from fashion_lens.images import IMAGE_SIZE
 from fashion_lens.index import APPROXIMATE_SEARCH_MIN_PRODUCTS, DEFAULT_COLOUR_WEIGHT, Index, build_index, load_index, product_query
+from fashion_lens.milvus_search import INSTALL, sync_milvus
 from fashion_lens.search import check_colour_weight, filter_mask, rank, similar_products
 from fashion_lens.settings import BACKBONES, get_settings, show_versions
 from fashion_lens.storage import atomic_write
@@ -51,6 +62,8 @@ QUERIES = 200
 NEIGHBOURS = 10  # recall@10
 TARGETS = {"extraction": 2.5, "memory": 12.0, "latency": 1000.0, "scale_recall": 0.95, "scale_ms": 5.0}
 IVF_PROBES = (8, 16, 32, 64)
+MILVUS_QUERIES = 50  # Milvus Lite answers in Python: a few hundred ms a query at 100k products
+SECTIONS = ("side_by_side", "main_job", "scale", "milvus")
 HNSW_EF = (64, 128, 256)  # efSearch: at least the 50 candidates asked for
 
 
@@ -90,6 +103,18 @@ def available_memory_bytes() -> int:
 
 def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_memory_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def folder_mb(path: Path) -> float:
+    return sum(file.stat().st_size for file in Path(path).rglob("*") if file.is_file()) / 1e6
 
 
 class Report:
@@ -441,6 +466,60 @@ def engine_search(synthetic: Index, seed: int = 0) -> dict:
     return result
 
 
+def milvus_side_by_side(real_index: Index, size: int, scratch: Path, seed: int = 1) -> dict:
+    """One synthetic catalogue searched three ways in one run, each through similar_products (k=10,
+    gender slice, default colour weight, with and without a ProductType filter): exact (every
+    descriptor read), FAISS (PCA256 + IVF in this process) and Milvus Lite (PCA256 in a local
+    Milvus file, IVF_FLAT above 20,000 products), both with exact re-ranking. recall@10 against
+    the exact answers, ms per call, build or sync time, memory."""
+    try:
+        import milvus_lite  # noqa: F401
+        import pymilvus  # noqa: F401
+    except ImportError:
+        return {"skipped": f"pymilvus and milvus-lite are not installed: {INSTALL}"}
+    print(f"  Milvus Lite, FAISS and exact on a synthetic catalogue of {size:,} products ...", flush=True)
+    synthetic, generate_seconds = timed(synthetic_index, real_index, size, seed=seed)
+    ids = list(np.random.default_rng(seed).choice(synthetic.catalog["ProductId"], MILVUS_QUERIES, replace=False))
+    figure = {"products": size, "queries": len(ids), "k": NEIGHBOURS, "generate_s": generate_seconds,
+              "descriptors_mb": synthetic.vectors.nbytes / 1e6}
+
+    paths = {"exact": dataclasses.replace(synthetic, faiss_index=None, approximate_from=10**12)}
+    before = current_memory_mb()
+    paths["faiss"], build_seconds = timed(attach_faiss_index, dataclasses.replace(synthetic, faiss_index=None))
+    figure["faiss"] = {"build_s": build_seconds, "index_mb": index_bytes(paths["faiss"].faiss_index) / 1e6,
+                       "process_growth_mb": current_memory_mb() - before, "index": faiss_index_spec(size)}
+
+    paths["milvus_lite"] = dataclasses.replace(synthetic, faiss_index=None, approximate_from=10**12)
+    before = current_memory_mb()
+    report = sync_milvus(paths["milvus_lite"], str(scratch / "milvus" / "synthetic.db"), state_dir=scratch / "milvus")
+    backend = paths["milvus_lite"].milvus
+    figure["milvus_lite"] = {"sync_s": report.seconds, "added": report.added, "index": backend.describe(),
+                             "process_growth_mb": current_memory_mb() - before,
+                             "disk_mb": folder_mb(scratch / "milvus" / "synthetic.db")}
+    print(f"    {report}", flush=True)
+    again = sync_milvus(paths["milvus_lite"], state_dir=scratch / "milvus")
+    figure["milvus_lite"]["second_sync_s"] = again.seconds
+    figure["milvus_lite"]["second_sync_sent"] = again.added + again.changed + again.removed
+
+    for filtered in (False, True):
+        answers = {}
+        for name, index in paths.items():
+            def call(product_id, index=index, filtered=filtered):
+                product_type = index.catalog.at[index.positions[product_id], "ProductType"] if filtered else None
+                return similar_products(index, product_id, k=NEIGHBOURS, product_type=product_type)
+
+            answers[name] = [call(product_id)["ProductId"].tolist() for product_id in ids]
+            timing = latencies_ms(call, ids, warm_up=5)
+            key = "ms_filtered" if filtered else "ms"
+            figure.setdefault(name, {})[key] = {"median": timing["median"], "p95": timing["p95"]}
+            if name != "exact":
+                recall = [len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(answers[name], answers["exact"])]
+                figure[name]["recall_at_10" + ("_filtered" if filtered else "")] = float(np.mean(recall))
+            print(f"    {name}{' filtered' if filtered else ''}: {timing['median']:.1f} ms/call", flush=True)
+    backend.close()
+    return figure
+
+
 # ---------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------
@@ -508,6 +587,20 @@ def print_table(data: dict) -> None:
                 add("  similar_products exact vs FAISS, ms", f"{e['exact_ms']['median']:.1f}",
                     f"{e['faiss_ms']['median']:.1f}", f"{ratio(e['exact_ms']['median'], e['faiss_ms']['median']):.0f}x",
                     f"recall@10 {e['recall_at_10']:.3f} / filtered {e['recall_at_10_filtered']:.3f}")
+    if "milvus" in figures:
+        f = figures["milvus"]
+        if "skipped" in f:
+            add("Milvus Lite", "", f"skipped: {f['skipped']}", "")
+        else:
+            exact = f["exact"]["ms"]["median"]
+            add(f"search {f['products']:,}: exact similar_products, ms", "", f"{exact:.1f}",
+                "", f"filtered {f['exact']['ms_filtered']['median']:.1f}")
+            for name, label, built in (("faiss", "FAISS", "build_s"), ("milvus_lite", "Milvus Lite", "sync_s")):
+                row = f[name]
+                memory = f"index {row['index_mb']:.0f} MB" if "index_mb" in row else f"on disk {row['disk_mb']:.0f} MB"
+                add(f"  {label}: recall@10 / filtered, ms", f"{row['recall_at_10']:.3f} / {row['recall_at_10_filtered']:.3f}",
+                    f"{row['ms']['median']:.1f} / {row['ms_filtered']['median']:.1f}", f"{ratio(exact, row['ms']['median']):.1f}x",
+                    f"{built[:-2]} {row[built]:.0f} s, {memory}, process +{row['process_growth_mb']:.0f} MB")
     widths = [max(len(str(line[i])) for line in lines) for i in range(5)]
     for number, line in enumerate(lines):
         print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
@@ -526,8 +619,12 @@ def parse_arguments(argv=None):
                         help="products per gender for the side-by-side figures (quick default 64; full: all)")
     parser.add_argument("--sizes", default=None, metavar="10000,100000",
                         help="synthetic catalogue sizes (quick default 10000,100000; full adds 1000000)")
-    parser.add_argument("--skip", default="", metavar="side_by_side,main_job,scale",
+    parser.add_argument("--skip", default="", metavar="side_by_side,main_job,scale,milvus",
                         help="figures to leave out (side_by_side: extraction, memory, latency and quality)")
+    parser.add_argument("--only", default="", metavar="milvus",
+                        help=f"run only these sections ({', '.join(SECTIONS)})")
+    parser.add_argument("--milvus-size", type=int, default=100_000, metavar="N",
+                        help="synthetic products for the Milvus Lite section (default 100000)")
     parser.add_argument("--output", type=Path, default=None, help="results file (default artifacts/bench/results.json)")
     return parser.parse_args(argv)
 
@@ -539,6 +636,11 @@ def main(argv=None) -> int:
     sizes = [int(size) for size in arguments.sizes.split(",")] if arguments.sizes \
         else ([10_000, 100_000] if arguments.quick else [10_000, 100_000, 1_000_000])
     skip = {name.strip() for name in arguments.skip.split(",") if name.strip()}
+    only = {name.strip() for name in arguments.only.split(",") if name.strip()}
+    if only - set(SECTIONS) or skip - set(SECTIONS):
+        print(f"benchmark.py: sections are {', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    skip |= set(SECTIONS) - only if only else set()
     output = arguments.output or settings.artifacts_dir / "bench" / "results.json"
     try:
         load_backbone(settings.backbone, settings.weights)
@@ -570,13 +672,16 @@ def main(argv=None) -> int:
             del article_index
         if "main_job" not in skip:
             report.add("main_job", main_job(settings, arguments.quick, 20, scratch))
-        if "scale" not in skip:
+        if {"scale", "milvus"} - skip:
             # the synthetic catalogues grow from the whole catalogue's descriptors (cached in the
             # project's artifacts folder, computed there once if missing)
             real_index = project_index if per_gender is None and project_index is not None \
                 else load_index(catalog, settings, progress=False)
+        if "scale" not in skip:
             for figure in scale(real_index, sizes):
                 report.add("scale", figure)
+        if "milvus" not in skip:
+            report.add("milvus", milvus_side_by_side(real_index, arguments.milvus_size, scratch))
     report.data["meta"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     report.save()
     print()

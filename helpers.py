@@ -52,7 +52,8 @@ from fashion_lens.features import (
 )
 from fashion_lens.images import load_image, to_square
 from fashion_lens.index import build_index, load_index
-from fashion_lens.search import SearchOptions, similar_products, similar_to_image
+from fashion_lens.milvus_search import sync_milvus
+from fashion_lens.search import SearchOptions, search_backend, similar_products, similar_to_image
 from fashion_lens.settings import RANDOM_WEIGHTS, get_settings
 from fashion_lens.widget import recommender_widget
 
@@ -68,6 +69,7 @@ __all__ = [
     "GEOMETRIES", "PREPROCESSINGS", "POOLINGS", "METRICS",
     # index and search
     "build_index", "load_index", "similar_products", "similar_to_image", "SearchOptions",
+    "sync_milvus", "search_backend",
     # evaluation
     "evaluate", "compare_methods", "rank_all", "relevance_matrix", "RELEVANCE",
     # display and the widget

@@ -39,20 +39,33 @@ CANDIDATE_SLACK = 1e-3  # float32 scores: a product this close to the bar is sco
 def faiss_index_spec(n_products: int) -> str:
     """The FAISS index a catalogue of `n_products` gets: "PCA256,IVF<lists>,Flat" (about 4 x sqrt(N)
     inverted lists, at least 39 training points each). "Flat" (exact inner product) also works."""
-    lists = max(16, min(int(4 * np.sqrt(n_products)), n_products // 39))
-    return f"PCA{FAISS_PCA_DIMENSIONS},IVF{lists},Flat"
+    return f"PCA{FAISS_PCA_DIMENSIONS},IVF{ivf_lists(n_products)},Flat"
+
+
+def ivf_lists(n_products: int) -> int:
+    """Inverted lists of an IVF index over `n_products`: about 4 x sqrt(N), at least 39 training points each."""
+    return max(16, min(int(4 * np.sqrt(n_products)), n_products // 39))
+
+
+def fit_pca(sample: np.ndarray, dimensions: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, components) of a PCA fitted with a randomized SVD (seconds; FAISS's own PCAMatrix takes
+    minutes at 5120 numbers): y = components @ (x - mean). L2 distances survive centring, so do the
+    rankings. The FAISS and the Milvus paths compress descriptors with it."""
+    from sklearn.utils.extmath import randomized_svd
+
+    sample = np.asarray(sample, dtype=np.float32)
+    mean = sample.mean(axis=0)
+    _, _, components = randomized_svd(sample - mean, dimensions, n_iter=4, random_state=seed)
+    return mean.astype(np.float32), np.ascontiguousarray(components, dtype=np.float32)
 
 
 def _pca_transform(sample: np.ndarray, dimensions: int, seed: int = 0):
-    """PCA fitted with a randomized SVD (seconds; FAISS's own PCAMatrix takes minutes at 5120 numbers),
-    as a FAISS LinearTransform y = A (x - mean). L2 distances survive centring, so do the rankings."""
+    """fit_pca as a FAISS LinearTransform y = A (x - mean)."""
     import faiss
-    from sklearn.utils.extmath import randomized_svd
 
-    mean = sample.mean(axis=0)
-    _, _, components = randomized_svd(sample - mean, dimensions, n_iter=4, random_state=seed)
+    mean, components = fit_pca(sample, dimensions, seed)
     transform = faiss.LinearTransform(sample.shape[1], dimensions, True)
-    faiss.copy_array_to_vector(np.ascontiguousarray(components, dtype=np.float32).ravel(), transform.A)
+    faiss.copy_array_to_vector(components.ravel(), transform.A)
     faiss.copy_array_to_vector((-components @ mean).astype(np.float32), transform.b)
     transform.is_trained = True
     return transform
@@ -197,20 +210,14 @@ def rank_with_faiss(index: Index, query: Query, rows: slice, k: int, exclude: np
     """search.rank's results for a large catalogue, without reading every descriptor.
 
     FAISS proposes the visually closest allowed products (gender slice, filters, query and its
-    copies left out); their scores are computed. With a colour weight w, a product FAISS did not
-    propose is no closer than the last one it did (visual <= v_last), so it can still enter the
-    top k only if w * colour > kth best score - (1 - w) * v_last: those few are scored too (the
-    threshold algorithm). The colour-aware score itself is cheap (about 330 numbers per product
-    against 5120) and computed for the whole slice. With an exact FAISS index ("Flat") this
-    returns exactly what the exact search does.
+    copies left out); rank_candidates scores them, and the few others a colour weight can lift, exactly.
+    With an exact FAISS index ("Flat") this returns exactly what the exact search does.
     """
     if index.faiss_index is None:
         with _FAISS_LOCK:  # several app sessions may ask at once: build once
             if index.faiss_index is None:
                 attach_faiss_index(index)
-    allowed = np.ones(rows.stop - rows.start, dtype=bool) if mask is None else mask.copy()
-    if exclude is not None:
-        allowed[exclude] = False
+    allowed = allowed_rows(rows, exclude, mask)
     available = int(allowed.sum())
     count = candidate_count(k, colour_weight)
     if available <= count:  # so few products allowed that FAISS could not save any work
@@ -218,13 +225,37 @@ def rank_with_faiss(index: Index, query: Query, rows: slice, k: int, exclude: np
     else:
         everywhere = np.zeros(len(index), dtype=bool)
         everywhere[rows] = allowed
-        # a gender slice or filter keeping a share f of the products: visit 1/sqrt(f) times more
-        # lists (the allowed neighbours cluster near the query: 1/f would overdo it)
-        probes = int(FAISS_PROBES * np.sqrt(len(index) / available))
-        found = faiss_candidates(index.faiss_index, query.vector, count, everywhere, probes)
+        found = faiss_candidates(index.faiss_index, query.vector, count, everywhere, filtered_probes(len(index), available))
         if len(found) < count:  # the visited lists held too few allowed products: visit them all
             found = faiss_candidates(index.faiss_index, query.vector, count, everywhere, probes=len(index))
         seen = found - rows.start
+    return rank_candidates(index, query, rows, k, allowed, seen, colour_weight)
+
+
+def allowed_rows(rows: slice, exclude: np.ndarray | None, mask: np.ndarray | None) -> np.ndarray:
+    """Booleans over `rows`: the products a search may return (filters passed, query and copies left out)."""
+    allowed = np.ones(rows.stop - rows.start, dtype=bool) if mask is None else mask.copy()
+    if exclude is not None:
+        allowed[exclude] = False
+    return allowed
+
+
+def filtered_probes(products: int, available: int, probes: int = FAISS_PROBES) -> int:
+    """Inverted lists to visit when a gender slice or filter keeps `available` of `products`: a share f
+    needs 1/sqrt(f) times more lists (the allowed neighbours cluster near the query: 1/f would overdo it)."""
+    return int(probes * np.sqrt(products / max(1, available)))
+
+
+def rank_candidates(index: Index, query: Query, rows: slice, k: int, allowed: np.ndarray, seen: np.ndarray,
+                    colour_weight: float) -> tuple[np.ndarray, dict]:
+    """The one ranking of an approximate index's candidates (FAISS or Milvus): `seen` (positions within
+    `rows`, the visually closest allowed products, best first) are scored exactly. With a colour
+    weight w, a product not proposed is no closer than the last one proposed (visual <= v_last), so
+    it can still enter the top k only if w * colour > kth best score - (1 - w) * v_last: those few
+    are scored too (the threshold algorithm). The colour-aware score itself is cheap (about 330
+    numbers per product against 5120) and computed for the whole slice."""
+    seen = np.asarray(seen, dtype=np.int64)
+    available = int(allowed.sum())
     visual = exact_similarities(index.vectors, rows.start + seen, query.vector)
     if colour_weight > 0 and 0 < len(seen) < available:
         colour = colour_aware_similarity(index, rows, query)

@@ -31,6 +31,10 @@ class SearchError(FashionLensError, ValueError):
     """A query the engine cannot answer as given (bad k, unknown filter value, unreadable image)."""
 
 
+class SearchBackendError(FashionLensError, RuntimeError):
+    """The search backend (a Milvus server or Milvus Lite file) cannot be reached or used."""
+
+
 class MissingImagesWarning(UserWarning):
     """Some catalogue rows have no image file (they are left out), or several candidate files."""
 

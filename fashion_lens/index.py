@@ -74,6 +74,8 @@ class Index:
     network: Callable = dataclasses.field(default=run_network, repr=False)  # photos -> descriptors (describe_photo)
     approximate_from: int = APPROXIMATE_SEARCH_MIN_PRODUCTS  # catalogue size where FAISS takes over
     left_out: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)  # ProductId -> why it is not indexed
+    milvus_uri: str | None = None  # search through Milvus there (the milvus_uri setting; see milvus_search)
+    milvus: object | None = dataclasses.field(default=None, repr=False)  # the connected collection (sync_milvus)
 
     def __len__(self) -> int:
         return len(self.catalog)
@@ -191,6 +193,9 @@ def load_index(catalog: pd.DataFrame | None = None, settings: Settings | None = 
         progress: show a progress bar while features are computed.
         on_progress: called as on_progress(done, total) after each photo computed.
 
+    With the milvus_uri setting (FASHION_LENS_MILVUS_URI), searches take their candidates from
+    Milvus: the first one syncs the collection with these features (milvus_search.sync_milvus).
+
     >>> index = load_index()  # doctest: +SKIP
     >>> similar_products(index, "13683", k=5)  # doctest: +SKIP
     """
@@ -199,7 +204,9 @@ def load_index(catalog: pd.DataFrame | None = None, settings: Settings | None = 
         catalog = load_catalog(settings.data_dir, layout=settings.layout, columns=dict(settings.columns))
     features = extract_features(catalog, recipe or default_recipe(settings),
                                 artifacts_dir=settings.artifacts_dir, progress=progress, on_progress=on_progress)
-    return build_index(catalog, features)
+    index = build_index(catalog, features)
+    index.milvus_uri = settings.milvus_uri
+    return index
 
 
 def product_query(index: Index, position: int) -> Query:

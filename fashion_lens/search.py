@@ -13,6 +13,7 @@ from .catalog import FILTER_COLUMNS, normalize_product_id, unknown_product_messa
 from .colour import colour_names
 from .errors import SearchError
 from .index import DEFAULT_COLOUR_WEIGHT, Index, Query, colour_aware_similarity, describe_photo, euclidean_similarities, product_query, top_k
+from .milvus_search import rank_with_milvus, uses_milvus
 
 MAX_RESULTS = 100
 MAX_SHOWN = 20  # results on one screen of the widget or the app
@@ -120,10 +121,13 @@ def filter_mask(index: Index, rows: slice, filters: dict) -> np.ndarray | None:
 
 
 def rank(index: Index, query: Query, rows: slice, k: int, exclude: np.ndarray | None,
-         mask: np.ndarray | None, colour_weight: float) -> tuple[np.ndarray, dict]:
+         mask: np.ndarray | None, colour_weight: float, filters: dict | None = None) -> tuple[np.ndarray, dict]:
     """Top-k rows (absolute positions) within `rows`, best first, and their scores.
 
-    `exclude` (positions within `rows`) and `mask` (booleans over `rows`) leave products out."""
+    `exclude` (positions within `rows`) and `mask` (booleans over `rows`) leave products out;
+    `filters` are the column filters behind `mask` (SearchOptions.filters()), which Milvus applies itself."""
+    if uses_milvus(index):  # the milvus_uri setting: Milvus candidates (see milvus_search.py)
+        return rank_with_milvus(index, query, rows, k, exclude, mask, colour_weight, filters)
     if uses_faiss(index):  # a large catalogue: FAISS candidates (see ann.py)
         return rank_with_faiss(index, query, rows, k, exclude, mask, colour_weight)
     pairs = index.pair_scores.get((rows.start, rows.stop)) if index.pair_scores else None
@@ -143,6 +147,15 @@ def rank(index: Index, query: Query, rows: slice, k: int, exclude: np.ndarray | 
     if exclude is not None:
         score[exclude] = -np.inf
     return top_k(index, query, np.arange(rows.start, rows.stop), score, k, colour_weight, approximate_visual=visual)
+
+
+def search_backend(index: Index) -> str:
+    """Which engine finds the candidates that the exact ranking orders (the app shows it)."""
+    if uses_milvus(index):
+        return index.milvus.describe() if index.milvus is not None else f"Milvus at {index.milvus_uri} (connects at the first query)"
+    if uses_faiss(index):
+        return "FAISS in this process (approximate candidates, exact ranking)"
+    return "this process (exact)"
 
 
 def similar_products(index: Index, product_id, k: int = 5, *, options: SearchOptions | None = None,
@@ -211,7 +224,7 @@ def _search(index: Index, query: Query, k, rows: slice, exclude, options: Search
     colour_weight = check_colour_weight(index, options.colour_weight)
     minimum = None if options.min_similarity is None else _number("min_similarity", options.min_similarity)
     mask = filter_mask(index, rows, options.filters())
-    positions, scores = rank(index, query, rows, k, exclude, mask, colour_weight)
+    positions, scores = rank(index, query, rows, k, exclude, mask, colour_weight, options.filters())
     results = index.catalog.loc[positions, ["ProductId", "ProductTitle", "Gender", *FILTER_COLUMNS, "image_path"]]
     results = results.assign(**scores).reset_index(drop=True)
     if minimum is not None:

@@ -1,4 +1,5 @@
-"""Settings: which catalogue (folder, layout, column names), where generated files go, which backbone and weights.
+"""Settings: which catalogue (folder, layout, column names), where generated files go, which backbone and weights,
+where the search runs.
 
 Each setting is read in one place, get_settings: an argument wins, then the environment
 variable, then the default.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 from .errors import SettingsError
@@ -22,6 +24,7 @@ ENVIRONMENT_VARIABLES = {
     "weights": "FASHION_LENS_WEIGHTS",
     "layout": "FASHION_LENS_LAYOUT",
     "columns": "FASHION_LENS_COLUMNS",
+    "milvus_uri": "FASHION_LENS_MILVUS_URI",
 }
 DEFAULT_SETTINGS = {
     "data_dir": PROJECT_DIR / "data" / "fashion",
@@ -30,6 +33,7 @@ DEFAULT_SETTINGS = {
     "weights": "imagenet",
     "layout": "fashion-lens",  # fashion.csv, as `make data` gets it; "kaggle": the Kaggle styles.csv layout
     "columns": "",  # the catalogue's own column names, e.g. "id=ProductId, name=ProductTitle"
+    "milvus_uri": None,  # search in this process (exact, or FAISS for large catalogues)
 }
 # "random" builds the network untrained: for shape tests only, never for recommendations.
 RANDOM_WEIGHTS = "random"
@@ -43,6 +47,7 @@ class Settings:
     weights: str  # "imagenet", "random" or the path of a Keras weights file
     layout: str = DEFAULT_SETTINGS["layout"]  # the catalogue's layout (catalog_layout.LAYOUTS)
     columns: tuple[tuple[str, str], ...] = ()  # (the catalogue's column, the project's column) pairs
+    milvus_uri: str | None = None  # None: search in-process; a .db file: Milvus Lite; http(s)://host:port: a Milvus server
 
 
 def read_setting(name: str, value=None):
@@ -52,14 +57,15 @@ def read_setting(name: str, value=None):
     return value
 
 
-def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None, layout=None, columns=None) -> Settings:
+def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None, layout=None, columns=None,
+                 milvus_uri=None) -> Settings:
     """Read the settings: an argument wins, then the environment variable, then the default.
 
     >>> get_settings(backbone="mobilenet_v2").backbone
     'mobilenet_v2'
     """
     given = {"data_dir": data_dir, "artifacts_dir": artifacts_dir, "backbone": backbone, "weights": weights,
-             "layout": layout, "columns": columns}
+             "layout": layout, "columns": columns, "milvus_uri": milvus_uri}
     values = {name: read_setting(name, value) for name, value in given.items()}
     backbone_name = str(values["backbone"]).strip().lower()
     if backbone_name not in BACKBONES:
@@ -74,6 +80,7 @@ def get_settings(data_dir=None, artifacts_dir=None, backbone=None, weights=None,
         weights=_check_weights(str(values["weights"])),
         layout=str(values["layout"]).strip().lower(),
         columns=tuple(parse_columns(values["columns"]).items()),
+        milvus_uri=check_milvus_uri(values["milvus_uri"]),
     )
 
 
@@ -94,6 +101,31 @@ def parse_columns(columns) -> dict[str, str]:
             )
         mapping[source] = target
     return mapping
+
+
+MILVUS_SERVER = re.compile(r"^(https?|tcp)://", re.IGNORECASE)
+
+
+def is_milvus_server(uri: str) -> bool:
+    """Does `uri` name a Milvus server (http://, https://, tcp://) rather than a Milvus Lite file?"""
+    return bool(MILVUS_SERVER.match(uri))
+
+
+def check_milvus_uri(uri) -> str | None:
+    """The Milvus setting as the search uses it: None (in-process), a server URI as given, or the
+    absolute path of a Milvus Lite file (Milvus Lite only opens paths ending in .db)."""
+    if uri is None or not str(uri).strip():
+        return None
+    uri = str(uri).strip()
+    if is_milvus_server(uri):
+        return uri
+    if "://" in uri or not uri.endswith(".db"):
+        raise SettingsError(
+            f"{ENVIRONMENT_VARIABLES['milvus_uri']}={uri!r} names neither a Milvus server nor a Milvus Lite file. "
+            "Give http(s)://host:19530 for a server, or a file path ending in .db for Milvus Lite "
+            "(for example artifacts/milvus/catalogue.db); leave it empty to search in-process."
+        )
+    return str(Path(uri).expanduser().resolve())
 
 
 def _check_weights(weights: str) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .catalog import MAX_MATCHES, find_products, gender_label
 from .colour import colour_names
-from .errors import CatalogError, ImageError, SearchError, SettingsError, WeightsError
+from .errors import CatalogError, ImageError, SearchBackendError, SearchError, SettingsError, WeightsError
 from .images import jpeg_bytes, load_image, thumbnail
 from .index import DEFAULT_COLOUR_WEIGHT, Index, Query, describe_photo
 from .search import MAX_SHOWN, check_k, filter_choices, product_position, similar_products, similar_to_query
@@ -192,7 +192,7 @@ class RecommenderWidgetBase:
         except KeyError as error:
             self._say(error.args[0] if error.args else str(error))
             return None
-        except SearchError as error:
+        except (SearchError, SearchBackendError) as error:  # a bad query, or the Milvus server gone
             self._say(str(error))
             return None
         if results.empty:

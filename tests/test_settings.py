@@ -37,7 +37,7 @@ def test_requirements_and_environment_yml_pin_the_same_packages_and_versions():
 
 
 def test_every_requirement_is_pinned():
-    for name in ("requirements.txt", "requirements-test.txt"):
+    for name in ("requirements.txt", "requirements-test.txt", "requirements-scale.txt"):
         for line in (PROJECT / name).read_text().splitlines():
             line = line.split("#")[0].strip()
             if line and not line.startswith("-r"):
@@ -203,3 +203,18 @@ def test_fast_an_unwritable_artifacts_folder_is_reported_with_the_setting_to_cha
     assert blocker.read_text() == "x"
     created = writable_dir(tmp_path / "new" / "artifacts")
     assert created.is_dir() and list(created.iterdir()) == []  # the write test leaves nothing behind
+
+
+@pytest.mark.fast
+def test_fast_the_milvus_setting_names_a_server_or_a_milvus_lite_file(monkeypatch, tmp_path):
+    monkeypatch.delenv("FASHION_LENS_MILVUS_URI", raising=False)
+    assert get_settings().milvus_uri is None  # the default: search in-process
+    monkeypatch.setenv("FASHION_LENS_MILVUS_URI", "http://milvus.internal:19530")
+    assert get_settings().milvus_uri == "http://milvus.internal:19530"
+    monkeypatch.chdir(tmp_path)
+    assert get_settings(milvus_uri="artifacts/catalogue.db").milvus_uri == str(tmp_path / "artifacts" / "catalogue.db")
+    monkeypatch.setenv("FASHION_LENS_MILVUS_URI", "")
+    assert get_settings().milvus_uri is None
+    for wrong in ("catalogue.sqlite", "ftp://milvus.internal:19530"):
+        with pytest.raises(SettingsError, match="FASHION_LENS_MILVUS_URI=.*names neither a Milvus server nor a Milvus Lite file"):
+            get_settings(milvus_uri=wrong)

@@ -76,9 +76,9 @@ def test_entry_points_use_only_public_names(entry_point):
 
 
 @pytest.mark.fast
-def test_importing_the_package_loads_neither_tensorflow_nor_faiss():
-    script = ("import sys, helpers, fashion_lens.widget, fashion_lens.ann; "
-              "print(sorted(name for name in ('tensorflow', 'keras', 'faiss') if name in sys.modules))")
+def test_importing_the_package_loads_neither_tensorflow_nor_faiss_nor_pymilvus():
+    script = ("import sys, helpers, fashion_lens.widget, fashion_lens.ann, fashion_lens.milvus_search; "
+              "print(sorted(name for name in ('tensorflow', 'keras', 'faiss', 'pymilvus', 'milvus_lite') if name in sys.modules))")
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
