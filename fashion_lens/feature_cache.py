@@ -167,7 +167,7 @@ def photo_inputs(image, recipe: FeatureRecipe) -> tuple[np.ndarray, np.ndarray, 
     background (separated once, used by both)."""
     separation = separate_product(image)
     square = to_square(image, recipe.geometry, recipe.image_size, separation=separation)
-    return square, colour_descriptor(image, separation.mask), separation
+    return square, colour_descriptor(image, separation.colour_mask), separation
 
 
 def write_feature_shard(cache_dir: Path, recipe: FeatureRecipe, ids, fingerprints, vectors, colours) -> None:

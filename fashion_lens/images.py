@@ -139,10 +139,21 @@ class Separation:
     mask: np.ndarray
     method: str
     doubt: str | None = None
+    edge: int = 0  # pixels of the outline that may still hold background (GrabCut works on a smaller copy)
 
     @property
     def coverage(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
+
+    @property
+    def colour_mask(self) -> np.ndarray:
+        """The pixels whose colour is the product's: the mask without its uncertain outline."""
+        if not self.edge or not self.mask.any():
+            return self.mask
+        import cv2
+
+        inside = cv2.erode(self.mask.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=self.edge).astype(bool)
+        return inside if inside.sum() >= 0.5 * self.mask.sum() else self.mask
 
 
 def white_product_mask(pixels: np.ndarray) -> np.ndarray:
@@ -208,8 +219,9 @@ def _grabcut(pixels: np.ndarray) -> Separation:
         found = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
         found = _without_specks(found)
     doubt = _separation_doubt(found, ring, None if textured else unlike)
-    mask = cv2.resize(found.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
-    return Separation(mask, "grabcut", doubt)
+    # back to full size: smooth the outline, then keep the inside (its edge mixes product and background)
+    mask = cv2.resize(found.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) > 0.5
+    return Separation(mask, "grabcut", doubt, edge=max(1, round(1 / scale)))
 
 
 def _without_specks(mask: np.ndarray) -> np.ndarray:
