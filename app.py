@@ -20,9 +20,9 @@ from fashion_lens.catalog import FILTER_COLUMNS, MAX_MATCHES, find_products, gen
 from fashion_lens.errors import CatalogError, ImageError, SearchBackendError, SearchError, SettingsError, WeightsError
 from fashion_lens.features import load_backbone
 from fashion_lens.images import load_image, thumbnail
-from fashion_lens.index import DEFAULT_COLOUR_WEIGHT, Index, load_index
+from fashion_lens.index import DEFAULT_COLOUR_WEIGHT, Index, describe_photo, load_index
 from fashion_lens.milvus_search import sync_milvus
-from fashion_lens.search import MAX_SHOWN, filter_choices, product_position, search_backend, similar_products, similar_to_image
+from fashion_lens.search import MAX_SHOWN, doubt_note, filter_choices, product_position, search_backend, similar_products, similar_to_query
 from fashion_lens.settings import ENVIRONMENT_VARIABLES, RANDOM_WEIGHTS, Settings, get_settings
 
 GRID_COLUMNS = 5
@@ -33,6 +33,8 @@ FILTER_ARGUMENTS = {"SubCategory": "subcategory", "ProductType": "product_type",
 LOADING_ERRORS = (SettingsError, CatalogError, WeightsError, SearchBackendError)
 # What can go wrong while answering: a bad query, or the Milvus server gone
 QUERY_ERRORS = (KeyError, SearchError, SearchBackendError)
+# HEIC/HEIF (iPhone photos) are accepted to be answered with how to convert them (images.load_image).
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "heic", "heif"]
 
 st.set_page_config(page_title="fashion-lens", page_icon="👗", layout="wide")
 st.set_option("client.toolbarMode", "minimal")  # no "Deploy" button: this is a local tool
@@ -97,8 +99,9 @@ def show_engine(settings: Settings, index: Index | None = None) -> None:
         st.sidebar.markdown(f"Search: **Milvus at {settings.milvus_uri}**")
 
 
-def search_options(index: Index) -> dict | None:
-    """The sidebar: number of results, colour weight, filters. None when k is unusable."""
+def search_options(index: Index) -> tuple[dict, str | None]:
+    """The sidebar: number of results, colour weight, filters; and what is wrong with them (None:
+    nothing). The page keeps every input as it is when one is wrong, and only skips the search."""
     st.sidebar.header("Search options")
     k = st.sidebar.number_input("Number of results", value=5, step=1, key="k",
                                 help=f"From 1 to {MAX_SHOWN}.")
@@ -113,11 +116,9 @@ def search_options(index: Index) -> dict | None:
                                         placeholder="any")
         if chosen:
             filters[column] = chosen
-    if not 1 <= k <= MAX_SHOWN:
-        st.error(f"Number of results must be between 1 and {MAX_SHOWN}; you asked for {k}. "
-                 "Change it in the sidebar.")
-        return None
-    return {"k": int(k), "colour_weight": colour_weight, "filters": filters}
+    problem = None if 1 <= k <= MAX_SHOWN else (f"Number of results must be between 1 and {MAX_SHOWN}; "
+                                               f"you asked for {k}. Change it in the sidebar.")
+    return {"k": int(k), "colour_weight": colour_weight, "filters": filters}, problem
 
 
 def engine_arguments(options: dict) -> dict:
@@ -181,8 +182,9 @@ def show_results(results: pd.DataFrame, seconds: float, where: str, filters: dic
     with st.container(key="results"):
         for start in range(0, len(results), GRID_COLUMNS):
             for column, (_, item) in zip(st.columns(GRID_COLUMNS), results.iloc[start:start + GRID_COLUMNS].iterrows()):
-                with column:
-                    st.image(item["image_path"], caption=f"{item['ProductId']} · {item['ProductTitle']}", width="stretch")
+                with column:  # thumbnail: the photo upright, as its EXIF orientation says
+                    st.image(thumbnail(item["image_path"]), caption=f"{item['ProductId']} · {item['ProductTitle']}",
+                             width="stretch")
                     st.markdown(f"**#{item['rank']}** · similarity **{item['similarity']:.2f}**")
                     st.caption(item["why"])
     with st.expander("Results as a table"):
@@ -191,18 +193,21 @@ def show_results(results: pd.DataFrame, seconds: float, where: str, filters: dic
                      hide_index=True, key="results_table")
 
 
-def product_page(index: Index, options: dict) -> None:
+def product_page(index: Index, options: dict, problem: str | None) -> None:
     box, switch = st.columns([3, 1], vertical_alignment="bottom")
     with box:
         query = pick_product(index)
     several = len(index.gender_rows) > 1  # a catalogue without genders has one group: nothing to widen
     across = switch.checkbox("Search across all genders", key="across_genders") if several else False
+    if problem is not None:  # every input above keeps its value; only the search waits
+        st.error(problem)
+        return
     if query is None:
         return
     where = "all genders" if across else scope_name(index, query["Gender"])
     kind = " › ".join(filter(None, (query["Category"], query["SubCategory"], query["ProductType"])))
     facts = " · ".join(filter(None, (f"`{query['ProductId']}`", query["Gender"], kind, query["Colour"], query["Usage"])))
-    show_query(query["image_path"], f"Query · {query['ProductId']}", query["ProductTitle"],
+    show_query(thumbnail(query["image_path"]), f"Query · {query['ProductId']}", query["ProductTitle"],
                f"{facts}  \nSearching **{where}**" + (" (the product's gender)." if several and not across else "."))
     started = time.perf_counter()
     try:
@@ -213,13 +218,16 @@ def product_page(index: Index, options: dict) -> None:
     show_results(results, time.perf_counter() - started, where, options["filters"])
 
 
-def photo_page(index: Index, options: dict, settings: Settings) -> None:
+def photo_page(index: Index, options: dict, problem: str | None, settings: Settings) -> None:
     box, scope = st.columns([3, 1])
-    upload = box.file_uploader("A photo of a product (JPEG or PNG)", type=["jpg", "jpeg", "png"], key="photo")
+    upload = box.file_uploader("A photo of a product (JPEG or PNG)", type=UPLOAD_TYPES, key="photo")
     genders = list(index.gender_rows)
     gender = ALL_GENDERS if len(genders) == 1 else scope.selectbox(
         "Search among", [ALL_GENDERS, *genders], key="photo_gender",
         format_func=lambda name: name if name == ALL_GENDERS else gender_label(name, genders))
+    if problem is not None:  # every input above keeps its value; only the search waits
+        st.error(problem)
+        return
     try:
         load_network(settings.backbone, settings.weights)
     except WeightsError as error:
@@ -238,12 +246,16 @@ def photo_page(index: Index, options: dict, settings: Settings) -> None:
                f"`{upload.name}` · {photo.width}×{photo.height} pixels  \nSearching **{where}**.")
     started = time.perf_counter()
     try:
-        with st.spinner("Reading your photo…"):
-            results = similar_to_image(index, photo, gender=None if gender == ALL_GENDERS else gender,
-                                               **engine_arguments(options))
+        with st.spinner("Reading your photo…"):  # what similar_to_image does, keeping the description
+            described = describe_photo(index, photo)
+            results = similar_to_query(index, described, gender=None if gender == ALL_GENDERS else gender,
+                                       **engine_arguments(options))
     except (ImageError, SearchError, SearchBackendError, WeightsError) as error:
         st.error(str(error))
         return
+    note = doubt_note(described)
+    if note:
+        st.warning(note)
     show_results(results, time.perf_counter() - started, where, options["filters"])
 
 
@@ -270,18 +282,16 @@ def main() -> None:
         show_engine(settings)
         st.error(str(error))
         return
-    options = search_options(index)
+    options, problem = search_options(index)
     show_engine(settings, index)
     for note in notes:
         st.sidebar.warning(note)
-    if options is None:
-        return
     mode = st.radio("Search by", ["Catalogue product", "Your photo"], horizontal=True, key="mode",
                     label_visibility="collapsed")
     if mode == "Catalogue product":
-        product_page(index, options)
+        product_page(index, options, problem)
     else:
-        photo_page(index, options, settings)
+        photo_page(index, options, problem, settings)
 
 
 main()

@@ -26,24 +26,27 @@ def rgb_to_lab(pixels: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
 
 
-def filled_product_mask(pixels: np.ndarray) -> np.ndarray:
+def filled_product_mask(pixels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """The product's outline, holes filled: white parts of a garment (a logo, a sole) stay in, the
-    background goes. A nearly all-white photo keeps every pixel."""
+    background (white or any other, see images.separate_product) goes. A photo where nearly
+    nothing is found keeps every pixel. `mask`: the product's pixels when already known."""
     from scipy import ndimage
 
-    mask = ndimage.binary_fill_holes(ndimage.binary_closing(product_mask(pixels), iterations=2, border_value=0))
+    mask = product_mask(pixels) if mask is None else mask
+    mask = ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=2, border_value=0))
     return mask if mask.sum() >= 0.01 * mask.size else np.ones_like(mask)
 
 
-def colour_descriptor(image: Image.Image) -> np.ndarray:
+def colour_descriptor(image: Image.Image, mask: np.ndarray | None = None) -> np.ndarray:
     """The colours of the product alone, as a soft L*a*b* histogram (4x8x8 bins), comparable by a dot product.
 
     Each pixel is shared between its neighbouring bins (no jumps at bin edges); the histogram is
     L1-normalised and square-rooted, so the dot product of two descriptors is their
-    Bhattacharyya coefficient: 1 for the same colours, 0 for none in common.
+    Bhattacharyya coefficient: 1 for the same colours, 0 for none in common. `mask`: the
+    product's pixels when already known (images.separate_product).
     """
     pixels = np.asarray(image)
-    lab = rgb_to_lab(pixels[filled_product_mask(pixels)])
+    lab = rgb_to_lab(pixels[filled_product_mask(pixels, mask)])
     histogram = np.zeros(int(np.prod(LAB_BINS)), dtype=np.float64)
     positions, weights = [], []
     for channel, (count, (low, high)) in enumerate(zip(LAB_BINS, LAB_RANGES)):
@@ -61,38 +64,75 @@ def colour_descriptor(image: Image.Image) -> np.ndarray:
 
 
 # Hue angles in the a*b* plane where each colour name ends (degrees, counter-clockwise from +a*).
-_HUE_NAMES = [(20, "pink"), (45, "red"), (70, "orange"), (105, "yellow"), (170, "green"),
-              (230, "teal"), (290, "blue"), (330, "purple"), (360, "pink")]
+# sRGB's saturated blues lie at 290-306 degrees, and beyond the histogram's range they are read back
+# at its (+60, -60) corner (315 degrees); its saturated reds at the (+60, +60) corner (45 degrees).
+_HUE_NAMES = [(20, "pink"), (47, "red"), (70, "orange"), (105, "yellow"), (170, "green"),
+              (215, "teal"), (316, "blue"), (342, "purple"), (360, "pink")]
+NEUTRAL_CHROMA = 10     # a*b* distance from grey under which a colour is a grey level
+DARK_LIGHTNESS = 45     # L* under which a hue gets its dark name (navy, maroon, brown, ...)
+MIN_COLOUR_SHARE = 0.05  # share of the product a colour name needs
 
 
 def lab_colour_name(lightness: float, a: float, b: float) -> str:
     """A plain colour word for an L*a*b* colour: 'navy', 'white', 'red', ..."""
-    if np.hypot(a, b) < 15:  # unsaturated: a grey level
+    if np.hypot(a, b) < NEUTRAL_CHROMA:  # unsaturated: a grey level
         for limit, name in ((20, "black"), (45, "dark grey"), (70, "grey"), (90, "light grey")):
             if lightness < limit:
                 return name
         return "white"
     angle = float(np.degrees(np.arctan2(b, a)) % 360)
     name = next(name for limit, name in _HUE_NAMES if angle < limit)
-    if lightness < 40:
+    if lightness < DARK_LIGHTNESS:
         name = {"blue": "navy", "red": "maroon", "orange": "brown", "yellow": "olive"}.get(name, "dark " + name)
     return name
 
 
+def _bin_centres() -> np.ndarray:
+    """The L*a*b* colour at the centre of each histogram bin, (bins, 3)."""
+    axes = [low + np.arange(count) * (high - low) / (count - 1) for count, (low, high) in zip(LAB_BINS, LAB_RANGES)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def _uphill_neighbours() -> np.ndarray:
+    """For each bin, the indices of the bins around it (itself included), (bins, 27), -1 off the grid."""
+    grid = np.arange(int(np.prod(LAB_BINS))).reshape(LAB_BINS)
+    padded = np.pad(grid, 1, constant_values=-1)
+    shifts = [padded[1 + dl:1 + dl + LAB_BINS[0], 1 + da:1 + da + LAB_BINS[1], 1 + db:1 + db + LAB_BINS[2]]
+              for dl in (-1, 0, 1) for da in (-1, 0, 1) for db in (-1, 0, 1)]
+    return np.stack(shifts, axis=-1).reshape(-1, 27)
+
+
+_CENTRES, _NEIGHBOURS = _bin_centres(), _uphill_neighbours()
+
+
 def colour_names(descriptor: np.ndarray, top: int = 2) -> list[str]:
-    """The names of the `top` strongest colours of a colour descriptor (e.g. ['navy', 'white'])."""
-    shares = np.asarray(descriptor, dtype=np.float64) ** 2  # undo the square root: each bin's share of pixels
-    names: dict[str, float] = {}
-    for bin_index in np.argsort(-shares):
-        if shares[bin_index] < 0.05 or len(names) >= top:
-            break
-        l_bin, rest = divmod(int(bin_index), LAB_BINS[1] * LAB_BINS[2])
-        a_bin, b_bin = divmod(rest, LAB_BINS[2])
-        centre = [low + step * (high - low) / (count - 1)
-                  for step, count, (low, high) in zip((l_bin, a_bin, b_bin), LAB_BINS, LAB_RANGES)]
-        name = lab_colour_name(*centre)
-        names[name] = names.get(name, 0.0) + shares[bin_index]
-    return list(names)
+    """The names of the `top` largest colours of a colour descriptor (e.g. ['navy', 'white']),
+    largest first; a colour is named when it covers at least MIN_COLOUR_SHARE of the product.
+
+    Each pixel's share is spread over the neighbouring bins, so the bins are first gathered into
+    colours: each bin joins the fullest bin around it, up to a peak (mean shift on the histogram).
+    A colour is named at the share-weighted mean of its bins' centres, which is the mean colour
+    of its pixels; the coarse bins' own centres would call a mid red 'maroon' and a brown grey.
+    """
+    given = np.asarray(descriptor, dtype=np.float64).ravel()[: len(_CENTRES)]
+    shares = np.zeros(len(_CENTRES))
+    shares[: len(given)] = given ** 2  # undo the square root: each bin's share of pixels (a shorter vector: the first bins)
+    around = np.where(_NEIGHBOURS >= 0, shares[np.maximum(_NEIGHBOURS, 0)], -1.0)
+    peak = _NEIGHBOURS[np.arange(len(shares)), np.argmax(around, axis=1)]  # the fullest bin around each bin
+    for _ in range(int(np.sum(LAB_BINS))):  # follow the steps up to the peaks
+        peak = peak[peak]
+    totals: dict[str, float] = {}
+    for top_bin in np.unique(peak[shares > 0]):
+        members = np.flatnonzero((peak == top_bin) & (shares > 0))
+        mean = shares[members] @ _CENTRES[members] / shares[members].sum()
+        if np.hypot(mean[1], mean[2]) < NEUTRAL_CHROMA:  # a grey: each lightness level keeps its own name
+            named = [(lab_colour_name(_CENTRES[i, 0], 0.0, 0.0), shares[i]) for i in members]
+        else:
+            named = [(lab_colour_name(*mean), shares[members].sum())]
+        for name, share in named:
+            totals[name] = totals.get(name, 0.0) + share
+    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+    return [name for name, share in ranked if share >= MIN_COLOUR_SHARE][:top]
 
 
 

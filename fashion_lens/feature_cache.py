@@ -24,7 +24,7 @@ import pandas as pd
 from .colour import COLOUR_DESCRIPTOR_VERSION, colour_descriptor
 from .errors import FeatureCacheWarning, ImageError
 from .features import FeatureRecipe, default_recipe, load_backbone, resolve_recipe, run_network
-from .images import load_image, to_square
+from .images import SEPARATION_VERSION, Separation, load_image, separate_product, to_square
 from .settings import get_settings, show_versions
 from .storage import atomic_write, file_sha256, folder_lock, writable_dir
 
@@ -63,7 +63,8 @@ def feature_cache_dir(recipe: FeatureRecipe, artifacts_dir=None) -> Path:
 def _cache_identity(recipe: FeatureRecipe) -> dict:
     # the weights by their hash (weights_id), not by where the file lies
     fields = {name: value for name, value in dataclasses.asdict(recipe).items() if name != "weights"}
-    return {"format": CACHE_FORMAT, "recipe": fields, "colour": COLOUR_DESCRIPTOR_VERSION}
+    return {"format": CACHE_FORMAT, "recipe": fields, "colour": COLOUR_DESCRIPTOR_VERSION,
+            "separation": SEPARATION_VERSION}
 
 
 def extract_features(catalog: pd.DataFrame, recipe: FeatureRecipe | None = None, *, artifacts_dir=None,
@@ -152,12 +153,22 @@ def _compute_into_cache(rows: pd.DataFrame, recipe, cache_dir, shard_size, progr
 
 
 def prepare_photo(path: str, recipe: FeatureRecipe):
-    """(square pixels, colour histogram) of one photo and None, or None and the reason it cannot be read."""
+    """(square pixels, colour histogram) of one photo and None, or None and the reason it cannot be
+    used (unreadable, too small)."""
     try:
-        image = load_image(path)
+        square, colour, _ = photo_inputs(load_image(path), recipe)
     except ImageError as error:
         return None, str(error)
-    return (to_square(image, recipe.geometry, recipe.image_size), colour_descriptor(image)), None
+    return (square, colour), None
+
+
+def photo_inputs(image, recipe: FeatureRecipe) -> tuple[np.ndarray, np.ndarray, Separation]:
+    """What the engine takes from a loaded photo, the same for catalogue photos and queries: the
+    network's square input, the product's colour histogram and how the product was told from its
+    background (separated once, used by both)."""
+    separation = separate_product(image)
+    square = to_square(image, recipe.geometry, recipe.image_size, separation=separation)
+    return square, colour_descriptor(image, separation.colour_mask), separation
 
 
 def write_feature_shard(cache_dir: Path, recipe: FeatureRecipe, ids, fingerprints, vectors, colours) -> None:
@@ -192,7 +203,7 @@ def read_manifest(cache_dir: Path, recipe: FeatureRecipe) -> dict | None:
         warnings.warn(f"Feature cache manifest {path} is damaged ({error}); the features are recomputed.",
                       FeatureCacheWarning, stacklevel=3)
         return None
-    if {k: manifest.get(k) for k in ("format", "recipe", "colour")} != _cache_identity(recipe):
+    if {k: manifest.get(k) for k in _cache_identity(recipe)} != _cache_identity(recipe):
         warnings.warn(f"Feature cache {cache_dir} was written by other settings; it is not reused and is rebuilt.",
                       FeatureCacheWarning, stacklevel=3)
         return None

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import http.client
 import os
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import numpy as np
 from .errors import SettingsError, WeightsError
 from .images import GEOMETRIES, IMAGE_SIZE, load_image, to_square
 from .settings import BACKBONES, ENVIRONMENT_VARIABLES, RANDOM_WEIGHTS, Settings, get_settings
-from .storage import file_sha256
+from .storage import atomic_write, file_sha256
 
 POOLINGS = ("gap", "grid2x2", "flatten")
 PREPROCESSINGS = ("backbone", "rescale")
@@ -29,6 +32,14 @@ KERAS_WEIGHT_FILES = {
     "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
     "mobilenet_v2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
 }
+# Where Keras itself downloads them (keras.applications); the download is done here, with time limits.
+KERAS_WEIGHT_URLS = {
+    "resnet50": "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + KERAS_WEIGHT_FILES["resnet50"],
+    "mobilenet_v2": "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+                    + KERAS_WEIGHT_FILES["mobilenet_v2"],
+}
+DOWNLOAD_TIMEOUT = 30    # seconds without an answer (connecting or reading) before a download gives up
+DOWNLOAD_DEADLINE = 900  # seconds for the whole file (ResNet50's is 94 MB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,16 +131,58 @@ def resolve_recipe(recipe: FeatureRecipe) -> FeatureRecipe:
 _BACKBONE_LOCK = threading.Lock()  # two threads asking at once build the network once
 
 
-def load_backbone(backbone: str, weights: str = "imagenet"):
+def load_backbone(backbone: str, weights: str = "imagenet", *, weights_url: str | None = None,
+                  download_timeout: float = DOWNLOAD_TIMEOUT):
     """The Keras ImageNet backbone without its classifier (include_top=False): photo -> 7x7xC feature map.
 
     Built once per process. With weights="imagenet", Keras reads its cache (~/.keras/models or
-    $KERAS_HOME/models) and downloads the file only when it is missing.
+    $KERAS_HOME/models); a missing file is downloaded first (download_imagenet_weights, from
+    `weights_url` when given), giving up after `download_timeout` seconds without an answer.
     """
     if backbone not in BACKBONES:
         raise SettingsError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
     with _BACKBONE_LOCK:
+        if weights == "imagenet":
+            download_imagenet_weights(backbone, url=weights_url, timeout=download_timeout)
         return _build_backbone(backbone, weights)
+
+
+def download_imagenet_weights(backbone: str, *, url: str | None = None, folder: Path | None = None,
+                              timeout: float = DOWNLOAD_TIMEOUT, deadline: float = DOWNLOAD_DEADLINE) -> Path:
+    """The backbone's ImageNet weights file in the Keras cache (or `folder`), downloaded when missing.
+
+    A server that does not answer for `timeout` seconds, or a file not complete after `deadline`
+    seconds, is given up with a WeightsError that lists the fixes (as when offline). Written
+    atomically: an interrupted download never leaves half a file where Keras looks.
+    """
+    destination = Path(folder or keras_cache_dir()) / KERAS_WEIGHT_FILES[backbone]
+    if destination.is_file():
+        return destination
+    url = url or KERAS_WEIGHT_URLS[backbone]
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_write(destination) as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                if time.monotonic() - started > deadline:
+                    raise TimeoutError(f"the download was not complete after {deadline:g} s")
+    except (OSError, http.client.HTTPException) as error:  # URLError and socket timeouts are OSErrors
+        reason = getattr(error, "reason", None) or error
+        if isinstance(reason, TimeoutError) and str(reason) in ("timed out", ""):
+            reason = f"{url} did not answer within {timeout:g} s"
+        raise WeightsError(missing_weights_message(backbone, str(reason)[:200])) from error
+    return destination
+
+
+def missing_weights_message(backbone: str, reason: str) -> str:
+    """Why the ImageNet weights are missing and the three ways to fix it (a lighter backbone is
+    suggested only to users not already on it)."""
+    lighter = ("" if backbone == "mobilenet_v2" else
+               f"; or use the light backbone with {ENVIRONMENT_VARIABLES['backbone']}=mobilenet_v2")
+    return (f"The ImageNet weights for {backbone} are not in the Keras cache ({keras_cache_dir()}) and could not "
+            f"be downloaded ({reason}). Fix one of: connect to the internet once (Keras then keeps the file); "
+            f"copy {KERAS_WEIGHT_FILES[backbone]} into {keras_cache_dir()}; set {ENVIRONMENT_VARIABLES['weights']} "
+            f"to the path of a weights file{lighter}.")
 
 
 @functools.cache
@@ -147,14 +200,7 @@ def _build_backbone(backbone: str, weights: str):
                 f"Cannot load the {backbone} weights from {weights} ({error}). Give a weights file saved "
                 f"for {backbone} with include_top=False, or use weights='imagenet'."
             ) from error
-        lighter = ("" if backbone == "mobilenet_v2" else
-                   f"; or use the light backbone with {ENVIRONMENT_VARIABLES['backbone']}=mobilenet_v2")
-        raise WeightsError(
-            f"The ImageNet weights for {backbone} are not in the Keras cache ({keras_cache_dir()}) and could not "
-            f"be downloaded ({str(error)[:200]}). Fix one of: connect to the internet once (Keras then keeps the file); "
-            f"copy {KERAS_WEIGHT_FILES[backbone]} into {keras_cache_dir()}; set {ENVIRONMENT_VARIABLES['weights']} "
-            f"to the path of a weights file{lighter}."
-        ) from error
+        raise WeightsError(missing_weights_message(backbone, str(error)[:200])) from error
 
 
 def preprocess_batch(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:

@@ -24,11 +24,10 @@ import numpy as np
 import pandas as pd
 
 from .catalog import FILTER_COLUMNS, genders_of, id_order, load_catalog
-from .colour import colour_descriptor
 from .errors import CatalogError
-from .feature_cache import Features, extract_features
+from .feature_cache import Features, extract_features, photo_inputs
 from .features import FeatureRecipe, default_recipe, run_network
-from .images import load_image, to_square
+from .images import load_image
 from .probes import ATTRIBUTE_MIN_PRODUCTS, AttributeModel, fit_attribute_probes, probe_inputs
 from .settings import RANDOM_WEIGHTS, Settings, get_settings
 
@@ -93,6 +92,9 @@ class Query:
     colour: np.ndarray
     attributes: dict[str, np.ndarray] | None = None
     position: int | None = None  # the index row of a product query (None for a photo)
+    # a photo whose product could not be told apart from its background with confidence: why not
+    # (images.separate_product); its colours are then uncertain
+    doubt: str | None = None
 
 
 def build_index(catalog: pd.DataFrame, features: Features, attributes: bool | None = None, *,
@@ -216,16 +218,17 @@ def product_query(index: Index, position: int) -> Query:
 
 
 def describe_photo(index: Index, image) -> Query:
-    """Run a photo (path, bytes, file object or PIL image) through exactly the catalogue's pipeline."""
-    photo = load_image(image)
+    """Run a photo (path, bytes, file object or PIL image) through exactly the catalogue's pipeline.
+    The Query's `doubt` says when the product could not be told apart from its background."""
     recipe = index.recipe
-    vector = index.network(to_square(photo, recipe.geometry, recipe.image_size)[None], recipe)
-    colour = colour_descriptor(photo)[None]
+    square, colour, separation = photo_inputs(load_image(image), recipe)
+    vector = index.network(square[None], recipe)
+    colour = colour[None]
     attributes = None
     if index.attribute_models is not None:
         inputs = probe_inputs(vector, colour, recipe.pooling)
         attributes = {target: model.predict(inputs)[0] for target, model in index.attribute_models.items()}
-    return Query(np.asarray(vector[0], dtype=np.float32), colour[0], attributes)
+    return Query(np.asarray(vector[0], dtype=np.float32), colour[0], attributes, doubt=separation.doubt)
 
 
 # ---- fast float32 similarities: for finding candidates --------------------------------------

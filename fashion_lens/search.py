@@ -17,6 +17,9 @@ from .milvus_search import rank_with_milvus, uses_milvus
 
 MAX_RESULTS = 100
 MAX_SHOWN = 20  # results on one screen of the widget or the app
+# A photo whose product could not be told apart from its background (Query.doubt) has uncertain
+# colours: its ranking keeps only this share of the colour weight and leans on shape.
+UNSURE_COLOUR_SHARE = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +92,33 @@ def _number(name: str, value, low: float | None = None, high: float | None = Non
 
 def check_colour_weight(index: Index, colour_weight) -> float:
     """The colour weight to rank with: 0 for Euclidean recipes, else the given one, checked."""
-    if index.metric == "euclidean":  # raw distances do not blend with similarities
-        return 0.0
     value = DEFAULT_COLOUR_WEIGHT if colour_weight is None else colour_weight
-    return _number("colour_weight (0 = pure visual, 1 = pure colour)", value, 0.0, 1.0)
+    number = _number("colour_weight (0 = pure visual, 1 = pure colour)", value, 0.0, 1.0)
+    return 0.0 if index.metric == "euclidean" else number  # raw distances do not blend with similarities
+
+
+def check_flag(name: str, value) -> bool:
+    """A yes/no option must be True or False: a string such as "no" would otherwise count as yes."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise SearchError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_filter(column: str, wanted) -> list[str] | None:
+    """A filter's chosen values as a list of strings (None: no filter); anything else is refused."""
+    if wanted is None:
+        return None
+    if isinstance(wanted, str):
+        return [wanted]
+    if not isinstance(wanted, (list, tuple, set, frozenset, np.ndarray, pd.Series, pd.Index)):
+        raise SearchError(f"The {column} filter takes a value or a list of values, got {wanted!r} "
+                          f"({type(wanted).__name__}): give one {column} as text, or a list of them.")
+    values = list(np.asarray(wanted, dtype=object).ravel()) if isinstance(wanted, np.ndarray) else list(wanted)
+    wrong = [value for value in values if not isinstance(value, str)]
+    if wrong:
+        raise SearchError(f"The {column} filter's values must be text (a catalogue's {column}), "
+                          f"got {', '.join(map(repr, wrong[:5]))}.")
+    return values or None
 
 
 def filter_choices(index: Index, column: str) -> list[str]:
@@ -103,12 +129,10 @@ def filter_choices(index: Index, column: str) -> list[str]:
 def filter_mask(index: Index, rows: slice, filters: dict) -> np.ndarray | None:
     """Boolean mask over `rows` for the chosen SubCategory/ProductType/Colour/Usage values."""
     mask = None
-    for column, wanted in filters.items():
-        if wanted is None or (not isinstance(wanted, str) and np.size(wanted) == 0):
+    for column, chosen in filters.items():
+        wanted = check_filter(column, chosen)
+        if wanted is None:
             continue
-        if not isinstance(wanted, str) and not isinstance(wanted, (list, tuple, set, np.ndarray, pd.Series)):
-            raise SearchError(f"The {column} filter takes a value or a list of values, got {wanted!r}.")
-        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
         categories = index.codes[column].categories
         unknown = [value for value in wanted if value not in categories]
         if unknown:
@@ -180,8 +204,8 @@ def similar_products(index: Index, product_id, k: int = 5, *, options: SearchOpt
     options = search_options(options, **choices)
     position = product_position(index, product_id)
     gender = index.catalog.at[position, "Gender"]
-    rows = slice(0, len(index)) if options.across_genders else index.gender_rows[gender]
-    exclude = np.array([position - rows.start]) if options.include_duplicates \
+    rows = slice(0, len(index)) if check_flag("across_genders", options.across_genders) else index.gender_rows[gender]
+    exclude = np.array([position - rows.start]) if check_flag("include_duplicates", options.include_duplicates) \
         else np.flatnonzero(index.groups[rows] == index.groups[position])
     return _search(index, product_query(index, position), k, rows, exclude, options)
 
@@ -222,6 +246,8 @@ def similar_to_query(index: Index, query: Query, k: int = 5, *, gender: str | No
 def _search(index: Index, query: Query, k, rows: slice, exclude, options: SearchOptions) -> pd.DataFrame:
     k = check_k(k)
     colour_weight = check_colour_weight(index, options.colour_weight)
+    if query.doubt is not None:  # the photo's colours are uncertain: lean on shape
+        colour_weight *= UNSURE_COLOUR_SHARE
     minimum = None if options.min_similarity is None else _number("min_similarity", options.min_similarity)
     mask = filter_mask(index, rows, options.filters())
     positions, scores = rank(index, query, rows, k, exclude, mask, colour_weight, options.filters())
@@ -231,19 +257,35 @@ def _search(index: Index, query: Query, k, rows: slice, exclude, options: Search
         results = results[results["similarity"] >= minimum].reset_index(drop=True)
     results.insert(0, "rank", np.arange(1, len(results) + 1))
     product = None if query.position is None else index.catalog.loc[query.position]
-    results["why"] = [explain_similarity(product, row, index.colours[position], query.colour)
+    results["why"] = [explain_similarity(product, row, index.colours[position], query.colour, query.doubt)
                       for position, (_, row) in zip(positions, results.iterrows())]
     return results
 
 
-def explain_similarity(query: pd.Series | None, result: pd.Series, result_colour, query_colour) -> str:
-    """A short 'why similar': the attributes the two products share and their dominant colours."""
+def explain_similarity(query: pd.Series | None, result: pd.Series, result_colour, query_colour,
+                       doubt: str | None = None) -> str:
+    """A short 'why similar': the attributes the two products share and their dominant colours.
+
+    `doubt` (Query.doubt): the query photo's product could not be told apart from its background,
+    so no colour is claimed as shared and the text says the colours are uncertain."""
     parts = []
     if query is not None:
         shared = [f"{column} {result[column]}" for column in ("ProductType", "Colour", "Usage")
                   if result[column] and query[column] == result[column]]  # two blanks share nothing
         if shared:
             parts.append("same " + ", ".join(shared))
-    common = [name for name in colour_names(result_colour) if name in colour_names(query_colour, top=3)]
+    common = [] if doubt else [name for name in colour_names(result_colour) if name in colour_names(query_colour, top=3)]
     parts.append(f"both {' and '.join(common)}" if common else f"colours: {', '.join(colour_names(result_colour))}")
+    if doubt:
+        parts.append("your photo's colours are uncertain (its background could not be told apart), so shape counted more")
     return "; ".join(parts)
+
+
+def doubt_note(query: Query) -> str | None:
+    """What the widget and the app say about a photo whose product could not be told apart from
+    its background (None when it could)."""
+    if query.doubt is None:
+        return None
+    return (f"Note: in your photo {query.doubt}. Its colours are uncertain, so the ranking leans on shape "
+            f"(the colour weight counts {UNSURE_COLOUR_SHARE:.0%}). A photo of the product alone on a plain "
+            "background gives better results.")

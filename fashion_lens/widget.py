@@ -15,10 +15,11 @@ from .colour import colour_names
 from .errors import CatalogError, ImageError, SearchBackendError, SearchError, SettingsError, WeightsError
 from .images import jpeg_bytes, load_image, thumbnail
 from .index import DEFAULT_COLOUR_WEIGHT, Index, Query, describe_photo
-from .search import MAX_SHOWN, check_k, filter_choices, product_position, similar_products, similar_to_query
+from .search import MAX_SHOWN, check_k, doubt_note, filter_choices, product_position, similar_products, similar_to_query
 
 ANY = "any"  # the filter choice that keeps every value
-UPLOAD_TYPES = ".jpg,.jpeg,.png"
+# HEIC/HEIF (iPhone photos) are accepted to be answered with how to convert them (images.load_image).
+UPLOAD_TYPES = ".jpg,.jpeg,.png,.heic,.heif"
 
 
 @dataclasses.dataclass(eq=False)
@@ -39,7 +40,8 @@ class RecommenderWidgetBase:
     """The recommender's behaviour; `recommender_widget` mixes it into an ipywidgets VBox.
 
     State a caller can read: `query` (WidgetQuery or None), `results` (the engine's DataFrame on
-    screen), `history` (earlier queries, for Back), `message` (HTML widget: errors), and the
+    screen), `history` (earlier queries, for Back), `message` (HTML widget: errors, and the note on
+    a photo whose product could not be told apart from its background), and the
     controls `gender`, `search`, `matches`, `product_id`, `find_button`, `upload`, `k`,
     `subcategory`, `colour`, `usage`, `colour_weight`, `across_genders`, `back_button`; the
     result cards are `cards` (each with `.product_id`, `.image`, `.caption`, `.button`) inside `grid`.
@@ -250,13 +252,14 @@ class RecommenderWidgetBase:
             card.show(row, self._thumbnail(row["image_path"]))
         self.grid.children = tuple(card.box for card in self.cards[: len(self.results)])
         self.back_button.disabled = not self.history
-        self._say("", error=False)
+        note = None if query.description is None else doubt_note(query.description)
+        self._say(note or "", error=False, colour="#8a5a00")
 
     def _label(self, gender: str) -> str:
         return gender_label(gender, self.index.gender_rows)
 
-    def _say(self, text: str, error: bool = True) -> bool:
-        colour = "#b00020" if error else "#555"
+    def _say(self, text: str, error: bool = True, colour: str | None = None) -> bool:
+        colour = colour or ("#b00020" if error else "#555")
         self.message.value = f'<span style="color:{colour}">{html.escape(text)}</span>' if text else ""
         return False
 

@@ -88,9 +88,6 @@ def test_colour_names_of_a_two_colour_product_name_both_strongest_first():
 
 
 @pytest.mark.fast
-@pytest.mark.xfail(strict=True, reason="engine bug: colour_names drops a bin under 5% before adding up the bins of one "
-                                       "name; a neutral colour (a*=b*=0) always lies on the corner of four bins, so white "
-                                       "on a fifth of a product (4 x 4.9%) goes unnamed while 5% of a saturated colour is named")
 def test_white_on_a_fifth_of_the_product_is_named():
     image = patch(BLACK)
     ImageDraw.Draw(image).rectangle((35, 70, 84, 89), fill=(250, 250, 250))  # 1000 of the product's 4800 pixels
@@ -104,8 +101,6 @@ def test_unsaturated_colours_are_named_by_their_lightness(lightness, name):
 
 
 @pytest.mark.fast
-@pytest.mark.xfail(strict=True, reason="engine bug: the hue table puts sRGB blues (L*a*b* hue about 290-310 degrees) "
-                                       "under 'purple'; a blue product is named 'dark purple'")
 @pytest.mark.parametrize("colour", [(0, 0, 255), (30, 60, 200), (40, 80, 170), (20, 40, 120)],
                          ids=["pure blue", "royal blue", "denim blue", "navy"])
 def test_a_blue_product_is_named_blue_or_navy(colour):
@@ -114,15 +109,12 @@ def test_a_blue_product_is_named_blue_or_navy(colour):
 
 
 @pytest.mark.fast
-@pytest.mark.xfail(strict=True, reason="engine bug: the hue table puts sRGB blue's own L*a*b* hue (306 degrees) under 'purple'")
 def test_the_lab_colour_of_srgb_blue_is_named_blue_or_navy():
     lightness, a, b = rgb_to_lab(np.array([0, 0, 255], np.uint8))
     assert lab_colour_name(lightness, a, b) in ("blue", "navy")
 
 
 @pytest.mark.fast
-@pytest.mark.xfail(strict=True, reason="engine bug: a* and b* beyond +-60 fall into the corner bin (60, 60), exactly on "
-                                       "the red/orange border (45 degrees): a pure red product is named 'orange', a signal red 'brown'")
 @pytest.mark.parametrize("colour", [(255, 0, 0), (220, 20, 20)], ids=["pure red", "signal red"])
 def test_a_saturated_red_product_is_named_red(colour):
     names = colour_names(colour_descriptor(patch(colour)))

@@ -160,3 +160,20 @@ def test_an_unreadable_photo_is_reported_and_left_out(extracted, tmp_path):
     assert network.calls == []
     assert features.ids.tolist() == ["200", "202", "203"]
     assert np.array_equal(features.vectors, extracted.features.vectors[[0, 2, 3]])
+
+
+@pytest.mark.fast
+def test_a_catalogue_photo_too_small_or_in_heic_is_reported_with_its_reason_and_left_out(extracted, tmp_path):
+    folder, artifacts = _copy(extracted, tmp_path)
+    tiny, heic = extracted.catalog.iloc[0], extracted.catalog.iloc[3]
+    product_photo(size=(24, 32)).save(Path(folder, "Apparel", "Men", tiny["Image"]), quality=90)  # a thumbnail
+    Path(folder, "Footwear", "Women", heic["Image"]).write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+                                                                 + bytes(512))
+    network = CountingNetwork()
+    with pytest.warns(UserWarning, match="2 photo\\(s\\) could not be read and are left out") as caught:
+        features = extract_features(load_catalog(folder), RECIPE, artifacts_dir=artifacts, progress=False, network=network)
+    message = " ".join(str(warning.message) for warning in caught)
+    assert f"{tiny['ProductId']}: " in message and "is only 24x32 pixels: too small to show a product" in message
+    assert f"{heic['ProductId']}: " in message and "is an HEIC (HEIF) photo" in message
+    assert network.calls == []  # nothing silently indexed
+    assert features.ids.tolist() == ["201", "202"]

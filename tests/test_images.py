@@ -55,9 +55,11 @@ def test_grayscale_cmyk_and_16_bit_images_are_converted(photo):
     assert abs(int(loaded.mean()) - int(np.asarray(photo.convert("L")).mean())) <= 2  # scaled, not clipped
 
 
-def test_one_pixel_image_still_gives_a_network_input():
+def test_one_pixel_image_is_refused_as_too_small_yet_to_square_copes_with_it():
     tiny = Image.new("RGB", (1, 1), (200, 30, 30))
-    square = to_square(load_image(_png_bytes(tiny)), "pad")
+    with pytest.raises(ImageError, match="only 1x1 pixels: too small to show a product"):
+        load_image(_png_bytes(tiny))
+    square = to_square(load_image(_png_bytes(tiny), min_side=1), "pad")
     assert square.shape == (224, 224, 3)
 
 
@@ -225,7 +227,7 @@ def test_fast_transparent_pixels_become_white_and_half_transparent_ones_blend(dr
     assert (loaded[90, 40:60] == RED).all()  # opaque pixels keep their colour
 
     grey_alpha = Image.new("LA", (10, 10), (0, 0))  # black, fully transparent
-    assert (np.asarray(load_image(_encoded(grey_alpha, "PNG"))) == 255).all()
+    assert (np.asarray(load_image(_encoded(grey_alpha, "PNG"), min_side=1)) == 255).all()
     palette = drawn_photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
     red_index = palette.getpixel((50, 70))
     transparent_red = _encoded(palette, "PNG", transparency=red_index)
@@ -237,11 +239,11 @@ def test_fast_16_bit_png_is_scaled_to_8_bits_not_clipped():
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (8, 1))
     image = Image.fromarray(ramp)
     assert image.mode == "I;16"
-    loaded = np.asarray(load_image(_encoded(image, "PNG")))
+    loaded = np.asarray(load_image(_encoded(image, "PNG"), min_side=1))  # a strip: its size is beside the point
     assert loaded.shape == (8, 64, 3) and loaded.dtype == np.uint8
     assert np.abs(loaded[0, :, 0].astype(int) - np.round(np.linspace(0, 255, 64))).max() <= 1
     dark = Image.fromarray(np.full((8, 8), 200, np.uint16))  # 200 of 65535: nearly black, not level 200
-    assert np.asarray(load_image(_encoded(dark, "PNG"))).max() <= 1
+    assert np.asarray(load_image(_encoded(dark, "PNG"), min_side=1)).max() <= 1
 
 
 @pytest.mark.fast
@@ -311,3 +313,171 @@ def test_fast_a_phone_photo_is_turned_upright_by_its_exif_orientation(drawn_phot
     loaded = load_image(_encoded(stored, "JPEG", quality=95, exif=exif.tobytes()))
     assert loaded.size == (120, 160)
     assert np.abs(np.asarray(loaded).astype(int) - np.asarray(drawn_photo)).mean() < 3
+
+
+# ---- photos as people take them: any background, too small, HEIC -----------------------------
+
+def _on_background(background, product_colour=RED, size=(240, 320), box=(60, 80, 179, 239)):
+    """A drawn product (a rectangle with a rounded top, like a garment) on a background array or colour."""
+    from PIL import ImageDraw
+
+    if isinstance(background, tuple):
+        image = Image.new("RGB", size, background)
+    else:
+        image = Image.fromarray(background)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle(box, fill=product_colour)
+    draw.ellipse((box[0], box[1] - 30, box[2], box[1] + 30), fill=product_colour)
+    truth = np.zeros(size[::-1], dtype=bool)
+    truth[np.asarray(image).astype(int).__sub__(product_colour).__abs__().sum(axis=2) == 0] = True
+    return image, truth
+
+
+def _overlap(mask, truth):
+    return (mask & truth).sum() / (mask | truth).sum()
+
+
+def _stripes(size=(240, 320), colours=((60, 90, 170), (235, 205, 90)), width=14):
+    rows, cols = np.mgrid[0:size[1], 0:size[0]]
+    band = ((rows + cols) // width) % 2 == 0
+    return np.where(band[..., None], np.array(colours[0], np.uint8), np.array(colours[1], np.uint8)).astype(np.uint8)
+
+
+def _noise(size=(240, 320), seed=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal((150, 120, 90), 45, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.fast
+def test_fast_on_white_the_quick_rule_separates_the_product_exactly_as_before(drawn_photo):
+    from fashion_lens.images import separate_product, white_product_mask
+
+    separation = separate_product(drawn_photo)
+    assert separation.method == "white" and separation.doubt is None
+    assert np.array_equal(separation.mask, white_product_mask(np.asarray(drawn_photo)))
+    blank = separate_product(Image.new("RGB", (120, 160), (255, 255, 255)))
+    assert blank.doubt == "nothing stands out from the white background"
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("background", ["green", "grey vignette", "stripes", "noise"])
+def test_fast_grabcut_separates_a_product_from_a_coloured_shaded_or_textured_background(background):
+    from fashion_lens.images import separate_product
+
+    if background == "green":
+        pixels = np.full((320, 240, 3), (50, 150, 60), np.uint8)
+    elif background == "grey vignette":  # a studio backdrop: lighter in the middle than at the edges
+        rows, cols = np.mgrid[0:320, 0:240]
+        radius = np.hypot((rows - 160) / 160, (cols - 120) / 120)
+        pixels = np.repeat((225 - 60 * radius**2).clip(0, 255)[..., None], 3, axis=2).astype(np.uint8)
+    else:
+        pixels = _stripes() if background == "stripes" else _noise()
+    image, truth = _on_background(pixels)
+    separation = separate_product(image)
+    assert separation.method == "grabcut"
+    assert separation.doubt is None, separation.doubt
+    assert _overlap(separation.mask, truth) > 0.9
+    # the crop fills the network's square with the product, its background painted white
+    square = to_square(image, "crop", 224, separation=separation)
+    assert np.array_equal(square, to_square(image, "crop", 224))  # separated here when not given
+    red = (np.abs(square.astype(int) - RED).sum(axis=2) < 60)
+    assert red.mean() > 0.5
+    assert ((square == 255).all(axis=2) | red).mean() > 0.97  # nothing of the background is left
+
+
+@pytest.mark.fast
+def test_fast_a_separation_in_doubt_says_why_and_falls_back_to_the_whole_frame():
+    from fashion_lens.colour import filled_product_mask
+    from fashion_lens.images import separate_product
+
+    texture = Image.fromarray(_stripes(colours=((200, 40, 40), (120, 20, 30)), width=9))  # a close-up of a fabric
+    separation = separate_product(texture)
+    assert (separation.method, separation.doubt) == ("grabcut", "no product could be told apart from the background")
+    assert foreground_box(texture, mask=separation.mask) == (0, 0, 240, 320)  # no crop
+    assert filled_product_mask(np.asarray(texture), separation.mask).all()  # every pixel's colour counts
+    assert np.array_equal(to_square(texture, "crop", 64), to_square(texture, "pad", 64))  # and nothing is painted white
+
+    cut_off, _ = _on_background((50, 150, 60), box=(20, 0, 219, 319))  # a garment running off the frame
+    assert separate_product(cut_off).doubt is not None  # the frame's border is no longer background alone
+
+
+@pytest.mark.fast
+def test_fast_separation_gives_the_same_mask_every_time_and_in_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fashion_lens.images import separate_product
+
+    image, _ = _on_background(_noise(seed=4))
+    first = separate_product(image).mask
+    with ThreadPoolExecutor(2) as pool:
+        again = list(pool.map(lambda _: separate_product(image).mask, range(4)))
+    assert all(np.array_equal(first, mask) for mask in again)
+
+
+@pytest.mark.fast
+def test_fast_the_colour_descriptor_ignores_a_coloured_background():
+    image, _ = _on_background(_stripes())
+    on_white, _ = _on_background((255, 255, 255))
+    assert float(colour_descriptor(image) @ colour_descriptor(on_white)) > 0.9
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("size", [(31, 200), (200, 20), (8, 8)])
+def test_fast_a_photo_too_small_to_show_a_product_is_refused_with_its_size(size, tmp_path):
+    from fashion_lens.images import MIN_PHOTO_SIDE
+
+    small = Image.new("RGB", size, (200, 30, 30))
+    width, height = size
+    expected = (f"is only {width}x{height} pixels: too small to show a product "
+                f"(at least {MIN_PHOTO_SIDE} pixels on each side are needed)")
+    with pytest.raises(ImageError, match=re_escape(f"icon.png {expected}")):
+        load_image(_encoded(small, "PNG"), name="icon.png")
+    path = tmp_path / "icon.jpg"
+    small.save(path)
+    with pytest.raises(ImageError, match=re_escape(f"{path} {expected}")):
+        load_image(path)
+    with pytest.raises(ImageError, match=re_escape(expected)):
+        load_image(small)  # a PIL image too
+    assert load_image(Image.new("RGB", (32, 32))).size == (32, 32)  # the limit itself is allowed
+
+
+def re_escape(text):
+    import re
+
+    return re.escape(text)
+
+
+HEIC_HEADERS = [b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1heix",
+                b"\x00\x00\x00\x18ftypheix\x00\x00\x00\x00heixmif1"]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("header", HEIC_HEADERS)
+def test_fast_an_iphone_heic_photo_is_named_and_the_way_to_convert_it_given(header, tmp_path):
+    data = header + bytes(range(256)) * 8  # the ISO-media header of an HEIC file, then its (unreadable) boxes
+    with pytest.raises(ImageError) as raised:
+        load_image(data, name="IMG_0042.HEIC")
+    message = str(raised.value)
+    assert message.startswith("IMG_0042.HEIC is an HEIC (HEIF) photo, the format iPhones save by default")
+    assert "Convert it to JPEG" in message and "Most Compatible" in message
+    path = tmp_path / "IMG_0043.heic"
+    path.write_bytes(data)
+    with pytest.raises(ImageError, match="IMG_0043.heic is an HEIC \\(HEIF\\) photo"):
+        load_image(path)
+    other = b"\x00\x00\x00\x18ftypisom" + bytes(64)  # an MP4 video: the same box, another brand
+    with pytest.raises(ImageError, match="is not an image"):
+        load_image(other, name="clip.mp4")
+
+
+@pytest.mark.fast
+def test_fast_thumbnails_are_upright_as_the_exif_orientation_says(drawn_photo):
+    from fashion_lens.images import thumbnail
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways; turn 90 degrees clockwise to display
+    stored = _encoded(drawn_photo.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif.tobytes())
+    assert Image.open(io.BytesIO(stored)).size == (160, 120)
+    shown = thumbnail(stored, 80)
+    assert shown.size == (60, 80)
+    expected = np.asarray(drawn_photo.resize((60, 80), Image.Resampling.BILINEAR)).astype(int)
+    assert np.abs(np.asarray(shown).astype(int) - expected).mean() < 8

@@ -1,6 +1,7 @@
 """Search over the real catalogue with real MobileNetV2 features."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from hypothesis import strategies as st
 
 from fashion_lens.catalog import product_row
 from fashion_lens.errors import ImageError, SearchError
-from fashion_lens.search import MAX_RESULTS, similar_products, similar_to_image
+from fashion_lens.index import product_query
+from fashion_lens.search import MAX_RESULTS, similar_products, similar_to_image, similar_to_query
 
 FILTER_ARGUMENTS = {"SubCategory": "subcategory", "ProductType": "product_type", "Colour": "colour", "Usage": "usage"}
 searches = hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -267,6 +269,34 @@ def test_fast_a_bad_filter_value_or_option_is_explained(hand_index):
         similar_products(hand_index, "1000", usage=42)
     with pytest.raises(SearchError, match="Unknown search option\\(s\\) colur; the options are subcategory"):
         similar_products(hand_index, "1000", colur="Red")
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("choice, message", [
+    ({"colour": 3}, "The Colour filter takes a value or a list of values, got 3 (int): give one Colour as text"),
+    ({"colour": [3]}, "The Colour filter's values must be text (a catalogue's Colour), got 3."),
+    ({"colour": [["Black"]]}, "The Colour filter's values must be text (a catalogue's Colour), got ['Black']."),
+    ({"usage": ["Casual", None]}, "The Usage filter's values must be text (a catalogue's Usage), got None."),
+    ({"product_type": {"Sandals": 1}}, "The ProductType filter takes a value or a list of values, got {'Sandals': 1}"),
+    ({"colour": b"Black"}, "The Colour filter takes a value or a list of values, got b'Black' (bytes)"),
+    ({"across_genders": "no"}, "across_genders must be True or False, got 'no'."),
+    ({"include_duplicates": 1}, "include_duplicates must be True or False, got 1."),
+    ({"colour_weight": "high"}, "colour_weight (0 = pure visual, 1 = pure colour) must be a number, got 'high'."),
+    ({"colour_weight": [0.2, 0.3]}, "colour_weight (0 = pure visual, 1 = pure colour) must be a number, got [0.2, 0.3]."),
+])
+def test_fast_a_filter_option_or_weight_of_the_wrong_type_gets_a_message_not_a_raw_error(hand_index, choice, message):
+    with pytest.raises(SearchError, match=re.escape(message)):
+        similar_products(hand_index, "1000", **choice)
+    if "across_genders" not in choice and "include_duplicates" not in choice:  # photo queries take the same checks
+        with pytest.raises(SearchError, match=re.escape(message)):
+            similar_to_query(hand_index, product_query(hand_index, 0), **choice)
+
+
+@pytest.mark.fast
+def test_fast_filter_values_may_come_as_a_tuple_set_or_array(hand_index):
+    expected = similar_products(hand_index, "1000", k=10, colour=["Black", "Red"])["ProductId"].tolist()
+    for chosen in (("Black", "Red"), {"Black", "Red"}, np.array(["Black", "Red"])):
+        assert similar_products(hand_index, "1000", k=10, colour=chosen)["ProductId"].tolist() == expected
 
 
 @pytest.mark.fast

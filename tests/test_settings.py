@@ -218,3 +218,53 @@ def test_fast_the_milvus_setting_names_a_server_or_a_milvus_lite_file(monkeypatc
     for wrong in ("catalogue.sqlite", "ftp://milvus.internal:19530"):
         with pytest.raises(SettingsError, match="FASHION_LENS_MILVUS_URI=.*names neither a Milvus server nor a Milvus Lite file"):
             get_settings(milvus_uri=wrong)
+
+
+@pytest.fixture
+def silent_server():
+    """A server on 127.0.0.1 that takes connections and never answers (a stalled download)."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)  # the kernel completes the connection; nobody ever reads or writes
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/weights.h5"
+    server.close()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("backbone", ["resnet50", "mobilenet_v2"])
+def test_fast_a_stalled_weights_download_gives_up_in_bounded_time_with_the_three_fixes(silent_server, tmp_path, backbone):
+    import time
+
+    from fashion_lens.errors import WeightsError
+    from fashion_lens.features import download_imagenet_weights
+
+    started = time.monotonic()
+    with pytest.raises(WeightsError) as raised:
+        download_imagenet_weights(backbone, url=silent_server, folder=tmp_path, timeout=0.5)
+    assert time.monotonic() - started < 10
+    message = str(raised.value)
+    assert f"The ImageNet weights for {backbone} are not in the Keras cache" in message
+    assert f"{silent_server} did not answer within 0.5 s" in message
+    assert "connect to the internet once" in message and KERAS_WEIGHT_FILES[backbone] in message
+    assert "FASHION_LENS_WEIGHTS" in message
+    # the light backbone is suggested only to those not already using it
+    assert ("FASHION_LENS_BACKBONE=mobilenet_v2" in message) == (backbone != "mobilenet_v2")
+    assert list(tmp_path.iterdir()) == []  # no half-written file where Keras looks
+
+
+@pytest.mark.fast
+def test_fast_load_backbone_passes_its_download_limits_on(silent_server, tmp_path):
+    """load_backbone fetches missing ImageNet weights through the bounded download, not Keras' own
+    (which waits forever): with an empty Keras cache it gives up as quickly."""
+    # Keras reads KERAS_HOME when imported, so an empty cache needs a fresh process.
+    script = ("from fashion_lens.features import load_backbone; "
+              f"load_backbone('mobilenet_v2', 'imagenet', weights_url={silent_server!r}, download_timeout=0.5)")
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "empty-keras")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("fashion_lens.errors.WeightsError: The ImageNet weights for mobilenet_v2")
+    assert f"{silent_server} did not answer within 0.5 s" in message
+    assert "FASHION_LENS_BACKBONE=mobilenet_v2" not in message

@@ -63,7 +63,7 @@ def test_the_widget_is_a_displayable_container_with_classes_for_the_browser(inde
     assert widget.results is None and widget.grid.children == ()
     assert (widget.k.min, widget.k.max) == (1, 20)
     assert widget.colour_weight.value == DEFAULT_COLOUR_WEIGHT
-    assert widget.upload.accept == ".jpg,.jpeg,.png"
+    assert widget.upload.accept == ".jpg,.jpeg,.png,.heic,.heif"  # HEIC: to be told how to convert it
     assert set(widget.colour.options) == {"any", *index.catalog["Colour"]}
     with pytest.raises(SearchError, match="at most 20 results"):
         recommender_widget(index, k=21)
