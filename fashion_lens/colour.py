@@ -65,23 +65,28 @@ def colour_descriptor(image: Image.Image, mask: np.ndarray | None = None) -> np.
 
 # Hue angles in the a*b* plane where each colour name ends (degrees, counter-clockwise from +a*).
 # sRGB's saturated blues lie at 290-306 degrees, and beyond the histogram's range they are read back
-# at its (+60, -60) corner (315 degrees); its saturated reds at the (+60, +60) corner (45 degrees).
-_HUE_NAMES = [(20, "pink"), (47, "red"), (70, "orange"), (105, "yellow"), (170, "green"),
+# at its (+60, -60) corner (315 degrees). Red ends at 42: sRGB red is at 40, the catalogue's orange
+# garments at 42-47.
+_HUE_NAMES = [(20, "pink"), (42, "red"), (70, "orange"), (105, "yellow"), (170, "green"),
               (215, "teal"), (316, "blue"), (342, "purple"), (360, "pink")]
+# Beyond a* 60 the histogram reads a colour back at its edge, at a hue too large: sRGB's saturated
+# reds (a* 63-80) at up to the (+60, +60) corner, 45 degrees. A colour read at that edge is red up to 47.
+CLIPPED_A = 57
+_CLIPPED_HUE_NAMES = [(20, "pink"), (47, "red")] + _HUE_NAMES[2:]
 NEUTRAL_CHROMA = 10     # a*b* distance from grey under which a colour is a grey level
 DARK_LIGHTNESS = 45     # L* under which a hue gets its dark name (navy, maroon, brown, ...)
 MIN_COLOUR_SHARE = 0.05  # share of the product a colour name needs
 
 
-def lab_colour_name(lightness: float, a: float, b: float) -> str:
-    """A plain colour word for an L*a*b* colour: 'navy', 'white', 'red', ..."""
+def lab_colour_name(lightness: float, a: float, b: float, hue_names=_HUE_NAMES) -> str:
+    """A plain colour word for an L*a*b* colour: 'navy', 'white', 'red', ... (`hue_names`: the hue table)."""
     if np.hypot(a, b) < NEUTRAL_CHROMA:  # unsaturated: a grey level
         for limit, name in ((20, "black"), (45, "dark grey"), (70, "grey"), (90, "light grey")):
             if lightness < limit:
                 return name
         return "white"
     angle = float(np.degrees(np.arctan2(b, a)) % 360)
-    name = next(name for limit, name in _HUE_NAMES if angle < limit)
+    name = next(name for limit, name in hue_names if angle < limit)
     if lightness < DARK_LIGHTNESS:
         name = {"blue": "navy", "red": "maroon", "orange": "brown", "yellow": "olive"}.get(name, "dark " + name)
     return name
@@ -128,7 +133,8 @@ def colour_names(descriptor: np.ndarray, top: int = 2) -> list[str]:
         if np.hypot(mean[1], mean[2]) < NEUTRAL_CHROMA:  # a grey: each lightness level keeps its own name
             named = [(lab_colour_name(_CENTRES[i, 0], 0.0, 0.0), shares[i]) for i in members]
         else:
-            named = [(lab_colour_name(*mean), shares[members].sum())]
+            hue_names = _CLIPPED_HUE_NAMES if mean[1] >= CLIPPED_A else _HUE_NAMES
+            named = [(lab_colour_name(*mean, hue_names=hue_names), shares[members].sum())]
         for name, share in named:
             totals[name] = totals.get(name, 0.0) + share
     ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))

@@ -97,3 +97,32 @@ def compare_methods(methods: dict, k: int = 5) -> pd.DataFrame:
         rows[name] = evaluate(index, k, colour_weight)
     return pd.DataFrame(rows).T
 
+
+
+_GREY_LEVELS = ("dark grey", "grey", "light grey")
+# The colour names (colour.colour_names) that agree with each catalogue Colour label; labels with
+# no plain colour word of their own (Beige, Gold, Multi, ...) are not scored.
+LABEL_COLOUR_NAMES = {
+    "Black": ("black",), "White": ("white",), "Off White": ("white",), "Grey": _GREY_LEVELS, "Silver": _GREY_LEVELS,
+    "Charcoal": ("dark grey",), "Blue": ("blue",), "Navy Blue": ("navy",), "Turquoise Blue": ("teal", "blue"),
+    "Teal": ("teal", "dark teal"), "Red": ("red",), "Maroon": ("maroon",), "Orange": ("orange",),
+    "Pink": ("pink", "dark pink"), "Magenta": ("pink", "dark pink", "purple"), "Green": ("green", "dark green"),
+    "Olive": ("olive",), "Yellow": ("yellow",), "Brown": ("brown",), "Purple": ("purple", "dark purple"),
+    "Lavender": ("purple",),
+}
+
+
+def colour_name_agreement(labels, names) -> pd.DataFrame:
+    """How often the colour names of the products agree with their Colour labels, per label.
+
+    `labels`: each product's Colour label; `names`: each product's colour names, largest first
+    (colour.colour_names of its colour descriptor). One row per scored label (LABEL_COLOUR_NAMES):
+    `products`, `first` (share whose first name agrees) and `top2` (share with an agreeing name
+    among the first two), most frequent label first.
+    """
+    table = pd.DataFrame({"label": list(labels), "names": [list(found) for found in names]})
+    table = table[table["label"].isin(list(LABEL_COLOUR_NAMES))]
+    agree = table.apply(lambda row: [name in LABEL_COLOUR_NAMES[row["label"]] for name in row["names"][:2]], axis=1)
+    table = table.assign(first=[bool(hits[:1]) and hits[0] for hits in agree], top2=[any(hits) for hits in agree])
+    summary = table.groupby("label").agg(products=("label", "size"), first=("first", "mean"), top2=("top2", "mean"))
+    return summary.sort_values("products", ascending=False, kind="stable")

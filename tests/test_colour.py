@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 from engine_support import product_photo
@@ -16,6 +18,10 @@ from fashion_lens.colour import (
     lab_colour_name,
     rgb_to_lab,
 )
+from fashion_lens.evaluation import colour_name_agreement
+from fashion_lens.feature_cache import photo_inputs
+from fashion_lens.features import FeatureRecipe
+from fashion_lens.images import load_image
 
 RED, BLUE, WHITE, BLACK = (215, 35, 45), (40, 80, 170), (255, 255, 255), (20, 20, 20)
 
@@ -119,6 +125,29 @@ def test_the_lab_colour_of_srgb_blue_is_named_blue_or_navy():
 def test_a_saturated_red_product_is_named_red(colour):
     names = colour_names(colour_descriptor(patch(colour)))
     assert names[0] == "red", names
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("colour", [(255, 128, 0), (230, 90, 30), (200, 80, 40)],
+                         ids=["srgb orange", "burnt orange", "rust orange"])
+def test_an_orange_product_is_named_orange(colour):
+    names = colour_names(colour_descriptor(patch(colour)))
+    assert names[0] == "orange", names
+
+
+def test_the_orange_products_of_the_catalogue_are_named_orange_and_the_red_ones_not(catalog):
+    """On the real catalogue, through the feature cache's own path: most Orange-labelled products
+    get the name orange, more of them first orange than first red, and Red-labelled products are
+    called red (or maroon) far more often than orange."""
+    products = catalog[catalog["Colour"].isin(["Orange", "Red"])]
+    recipe = FeatureRecipe(backbone="mobilenet_v2")
+    names = [colour_names(photo_inputs(load_image(path), recipe)[1]) for path in products["image_path"]]
+    agreement = colour_name_agreement(products["Colour"], names)
+    assert agreement.loc["Orange", "top2"] > 0.5, agreement
+    first = {label: Counter(found[0] for found, own in zip(names, products["Colour"]) if own == label and found)
+             for label in ("Orange", "Red")}
+    assert first["Orange"]["orange"] > first["Orange"]["red"], first
+    assert first["Red"]["red"] + first["Red"]["maroon"] > 5 * first["Red"]["orange"], first
 
 
 @pytest.mark.fast

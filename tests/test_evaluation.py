@@ -6,7 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fashion_lens.evaluation import RELEVANCE, average_precision_at_k, compare_methods, evaluate, precision_at_k, rank_all, relevance_matrix, relevant_counts
+from fashion_lens.evaluation import (
+    RELEVANCE,
+    average_precision_at_k,
+    colour_name_agreement,
+    compare_methods,
+    evaluate,
+    precision_at_k,
+    rank_all,
+    relevance_matrix,
+    relevant_counts,
+)
 from fashion_lens.feature_cache import Features
 from fashion_lens.features import FeatureRecipe
 from fashion_lens.index import build_index
@@ -217,3 +227,14 @@ def test_fast_rank_all_ranks_by_euclidean_distance_exactly_as_similar_products()
         nearest = sorted(distances, key=lambda row: (round(distances[row], 6), ids[row]))[:4]
         assert ids[nearest].tolist() == results["ProductId"].tolist()
         assert np.allclose(-results["similarity"], [distances[row] for row in nearest], atol=1e-6)
+
+
+@pytest.mark.fast
+def test_fast_colour_name_agreement_counts_first_and_top_two_names_per_label():
+    labels = ["Navy Blue", "Navy Blue", "Orange", "Orange", "Orange", "Grey", "Beige"]
+    names = [["navy", "white"], ["black", "navy"], ["orange"], ["red", "orange"], ["red", "white"], ["dark grey"], ["orange"]]
+    table = colour_name_agreement(labels, names)
+    assert list(table.index) == ["Orange", "Navy Blue", "Grey"]  # most products first; Beige has no colour word
+    assert table.loc["Orange"].tolist() == pytest.approx([3, 1 / 3, 2 / 3])
+    assert table.loc["Navy Blue"].tolist() == pytest.approx([2, 0.5, 1.0])
+    assert table.loc["Grey"].tolist() == pytest.approx([1, 1.0, 1.0])
