@@ -444,6 +444,25 @@ def scale_one(real_index: Index, size: int, queries: np.ndarray, seed: int) -> d
     return entry
 
 
+def search_paths_side_by_side(paths: dict, ids: list, filtered: bool, warm_up: int = 20) -> tuple[dict, dict]:
+    """similar_products (k=10, optionally filtered on the product's own ProductType) through each of
+    `paths` (name -> Index) for the same products: each path's answers and its latencies."""
+    answers, timings = {}, {}
+    for name, index in paths.items():
+        def call(product_id, index=index):
+            product_type = index.catalog.at[index.positions[product_id], "ProductType"] if filtered else None
+            return similar_products(index, product_id, k=NEIGHBOURS, product_type=product_type)
+
+        answers[name] = [call(product_id)["ProductId"].tolist() for product_id in ids]
+        timings[name] = latencies_ms(call, ids, warm_up=warm_up)
+    return answers, timings
+
+
+def recall(answers: list, exact: list) -> float:
+    """Mean share of the exact answers that a path also returned."""
+    return float(np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(answers, exact)]))
+
+
 def engine_search(synthetic: Index, seed: int = 0) -> dict:
     """similar_products on a synthetic catalogue (full call, k=10): the exact product against the
     FAISS path (same API, gender slice, filters, colour blend); recall@10 of the FAISS path's answers."""
@@ -453,16 +472,10 @@ def engine_search(synthetic: Index, seed: int = 0) -> dict:
     paths = {"exact": dataclasses.replace(synthetic, faiss_index=None, approximate_from=10**12), "faiss": synthetic}
     result = {"queries": len(ids)}
     for filtered in (False, True):
-        answers = {}
-        for path, index in paths.items():
-            def call(product_id, index=index, filtered=filtered):
-                product_type = index.catalog.at[index.positions[product_id], "ProductType"] if filtered else None
-                return similar_products(index, product_id, k=NEIGHBOURS, product_type=product_type)
-
-            answers[path] = [call(product_id)["ProductId"].tolist() for product_id in ids]
-            result[f"{path}{'_filtered' if filtered else ''}_ms"] = latencies_ms(call, ids)
-        overlap = [len(set(a) & set(b)) / max(1, len(a)) for a, b in zip(answers["exact"], answers["faiss"])]
-        result[f"recall_at_10{'_filtered' if filtered else ''}"] = float(np.mean(overlap))
+        answers, timings = search_paths_side_by_side(paths, ids, filtered)
+        for path, timing in timings.items():
+            result[f"{path}{'_filtered' if filtered else ''}_ms"] = timing
+        result[f"recall_at_10{'_filtered' if filtered else ''}"] = recall(answers["exact"], answers["faiss"])
     return result
 
 
@@ -502,19 +515,12 @@ def milvus_side_by_side(real_index: Index, size: int, scratch: Path, seed: int =
     figure["milvus_lite"]["second_sync_sent"] = again.added + again.changed + again.removed
 
     for filtered in (False, True):
-        answers = {}
-        for name, index in paths.items():
-            def call(product_id, index=index, filtered=filtered):
-                product_type = index.catalog.at[index.positions[product_id], "ProductType"] if filtered else None
-                return similar_products(index, product_id, k=NEIGHBOURS, product_type=product_type)
-
-            answers[name] = [call(product_id)["ProductId"].tolist() for product_id in ids]
-            timing = latencies_ms(call, ids, warm_up=5)
+        answers, timings = search_paths_side_by_side(paths, ids, filtered, warm_up=5)
+        for name, timing in timings.items():
             key = "ms_filtered" if filtered else "ms"
             figure.setdefault(name, {})[key] = {"median": timing["median"], "p95": timing["p95"]}
             if name != "exact":
-                recall = [len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(answers[name], answers["exact"])]
-                figure[name]["recall_at_10" + ("_filtered" if filtered else "")] = float(np.mean(recall))
+                figure[name]["recall_at_10" + ("_filtered" if filtered else "")] = recall(answers[name], answers["exact"])
             print(f"    {name}{' filtered' if filtered else ''}: {timing['median']:.1f} ms/call", flush=True)
     backend.close()
     return figure

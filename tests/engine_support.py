@@ -181,3 +181,53 @@ def write_catalogue(folder, rows, photos: dict | None = None):
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=CATALOG_COLUMNS).to_csv(folder / "fashion.csv", index=False)
     return folder
+
+
+# Search cases every candidate path (exact, FAISS, Milvus) must answer identically.
+FILTER_CASES = [
+    {},
+    {"colour_weight": 0.0},
+    {"colour_weight": 0.6, "k": 20},
+    {"across_genders": True},
+    {"same_product_type": True},
+    {"colour": "Black", "colour_weight": 0.5},
+    {"usage": "Casual", "min_similarity": 0.5},
+    {"include_duplicates": True, "k": 8},
+]
+
+
+def query_case(index, product_id, case):
+    """similar_products for one of FILTER_CASES ("same_product_type" filters on the product's own type)."""
+    from fashion_lens.search import similar_products
+
+    case = dict(case)
+    if case.pop("same_product_type", False):
+        case["product_type"] = index.catalog.at[index.positions[product_id], "ProductType"]
+    return similar_products(index, product_id, **{"k": 10, **case})
+
+
+def assert_same_results(expected, other, label):
+    """The same products in the same order with the same scores: every path ranks by one rule
+    (exact scores, rounded, ties by ProductId), so even equal scores come out in one order."""
+    import numpy as np
+
+    assert expected["ProductId"].tolist() == other["ProductId"].tolist(), label
+    np.testing.assert_array_equal(other["similarity"].to_numpy(), expected["similarity"].to_numpy(), err_msg=label)
+
+
+def assert_every_case_agrees(index, other, product_ids):
+    """Each product under each of FILTER_CASES gives the same results through `other` as through `index`,
+    or the same SearchError (e.g. no Black product of that gender)."""
+    import pytest
+
+    from fashion_lens.errors import SearchError
+
+    for product_id in product_ids:
+        for case in FILTER_CASES:
+            try:
+                expected = query_case(index, product_id, case)
+            except SearchError:
+                with pytest.raises(SearchError):
+                    query_case(other, product_id, case)
+                continue
+            assert_same_results(expected, query_case(other, product_id, case), f"{product_id} {case}")

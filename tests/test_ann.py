@@ -11,41 +11,17 @@ import dataclasses
 
 import numpy as np
 import pytest
+from engine_support import assert_every_case_agrees, assert_same_results, query_case
 
 from fashion_lens import ann
 from fashion_lens.ann import attach_faiss_index, faiss_candidates, uses_faiss
-from fashion_lens.errors import FeatureCacheWarning, SearchError
+from fashion_lens.errors import FeatureCacheWarning
 from fashion_lens.feature_cache import Features, read_feature_cache, write_feature_shard
 from fashion_lens.features import reference_recipe
 from fashion_lens.index import APPROXIMATE_SEARCH_MIN_PRODUCTS, build_index
 from fashion_lens.search import similar_products, similar_to_image
 from fashion_lens.settings import get_settings
 from synthetic import synthetic_index
-
-FILTER_CASES = [
-    {},
-    {"colour_weight": 0.0},
-    {"colour_weight": 0.6, "k": 20},
-    {"across_genders": True},
-    {"same_product_type": True},
-    {"colour": "Black", "colour_weight": 0.5},
-    {"usage": "Casual", "min_similarity": 0.5},
-    {"include_duplicates": True, "k": 8},
-]
-
-
-def _query(index, product_id, case):
-    case = dict(case)
-    if case.pop("same_product_type", False):
-        case["product_type"] = index.catalog.at[index.positions[product_id], "ProductType"]
-    return similar_products(index, product_id, **{"k": 10, **case})
-
-
-def _assert_same_results(exact, other, label):
-    """The same products in the same order with the same scores: every path ranks by one rule
-    (exact scores, rounded, ties by ProductId), so even equal scores come out in one order."""
-    assert exact["ProductId"].tolist() == other["ProductId"].tolist(), label
-    np.testing.assert_array_equal(other["similarity"].to_numpy(), exact["similarity"].to_numpy(), err_msg=label)
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +40,7 @@ def test_exact_faiss_index_returns_the_exact_searchs_top_k_with_every_filter(ind
     original = faiss_candidates
     monkeypatch.setattr(ann, "faiss_candidates", lambda *a, **kw: calls.append(1) or original(*a, **kw))
     product_ids = np.random.default_rng(7).choice(index.catalog["ProductId"], 25, replace=False)
-    for product_id in product_ids:
-        for case in FILTER_CASES:
-            try:
-                exact = _query(index, product_id, case)
-            except SearchError:  # e.g. no Black product of that gender: both paths must say so
-                with pytest.raises(SearchError):
-                    _query(flat_index, product_id, case)
-                continue
-            _assert_same_results(exact, _query(flat_index, product_id, case), f"{product_id} {case}")
+    assert_every_case_agrees(index, flat_index, product_ids)
     assert len(calls) > 100  # the FAISS index answered, not only the exact fallback for tight filters
 
 
@@ -80,7 +48,7 @@ def test_exact_faiss_index_answers_photo_queries_like_the_exact_search(index, fl
     photo = catalog["image_path"].iloc[123]
     for gender in (None, "Women"):
         exact = similar_to_image(index, photo, k=8, gender=gender)
-        _assert_same_results(exact, similar_to_image(flat_index, photo, k=8, gender=gender), str(gender))
+        assert_same_results(exact, similar_to_image(flat_index, photo, k=8, gender=gender), str(gender))
 
 
 def test_the_articles_euclidean_index_never_goes_through_faiss(index):
@@ -112,12 +80,12 @@ def test_large_catalogue_switches_to_the_approximate_index_and_keeps_recall(synt
     assert len(synthetic) >= APPROXIMATE_SEARCH_MIN_PRODUCTS and synthetic.faiss_index is None
     product_ids = np.random.default_rng(11).choice(synthetic.catalog["ProductId"], 60, replace=False)
     cases = [{}, {"colour_weight": 0.0}, {"same_product_type": True}]
-    approximate = {str(case): [_query(synthetic, pid, case)["ProductId"].tolist() for pid in product_ids] for case in cases}
+    approximate = {str(case): [query_case(synthetic, pid, case)["ProductId"].tolist() for pid in product_ids] for case in cases}
     assert isinstance(faiss.downcast_index(synthetic.faiss_index.index), faiss.IndexIVFFlat)  # attached by itself
     exact_only = dataclasses.replace(synthetic, faiss_index=None, approximate_from=10**12)
     assert not uses_faiss(exact_only)
     for case in cases:
-        exact = [_query(exact_only, pid, case)["ProductId"].tolist() for pid in product_ids]
+        exact = [query_case(exact_only, pid, case)["ProductId"].tolist() for pid in product_ids]
         recall = np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(approximate[str(case)], exact)])
         assert recall >= 0.95, (case, recall)
 

@@ -31,32 +31,9 @@ else:
     pytest.importorskip("pymilvus", reason="Milvus is optional: pip install -r requirements-scale.txt")
     pytest.importorskip("milvus_lite", reason="Milvus Lite is optional: pip install -r requirements-scale.txt")
 
-from engine_support import hand_built_index  # noqa: E402
+from engine_support import assert_every_case_agrees, assert_same_results, hand_built_index, query_case  # noqa: E402
 
 from fashion_lens.milvus_search import connect_milvus, filter_expression, sync_milvus  # noqa: E402
-
-FILTER_CASES = [
-    {},
-    {"colour_weight": 0.0},
-    {"colour_weight": 0.6, "k": 20},
-    {"across_genders": True},
-    {"same_product_type": True},
-    {"colour": "Black", "colour_weight": 0.5},
-    {"usage": "Casual", "min_similarity": 0.5},
-    {"include_duplicates": True, "k": 8},
-]
-
-
-def _query(index, product_id, case):
-    case = dict(case)
-    if case.pop("same_product_type", False):
-        case["product_type"] = index.catalog.at[index.positions[product_id], "ProductType"]
-    return similar_products(index, product_id, **{"k": 10, **case})
-
-
-def _assert_same_results(expected, other, label):
-    assert expected["ProductId"].tolist() == other["ProductId"].tolist(), label
-    np.testing.assert_array_equal(other["similarity"].to_numpy(), expected["similarity"].to_numpy(), err_msg=label)
 
 
 def _count(uri, collection) -> int:
@@ -96,15 +73,7 @@ def exact_milvus(index, tmp_path_factory):
 def test_milvus_gives_the_in_process_results_with_every_filter(index, exact_milvus):
     assert exact_milvus.milvus.dimensions is None and exact_milvus.milvus.lists == 0
     product_ids = np.random.default_rng(7).choice(index.catalog["ProductId"], 20, replace=False)
-    for product_id in product_ids:
-        for case in FILTER_CASES:
-            try:
-                expected = _query(index, product_id, case)
-            except SearchError:  # e.g. no Black product of that gender: both paths must say so
-                with pytest.raises(SearchError):
-                    _query(exact_milvus, product_id, case)
-                continue
-            _assert_same_results(expected, _query(exact_milvus, product_id, case), f"{product_id} {case}")
+    assert_every_case_agrees(index, exact_milvus, product_ids)
     assert exact_milvus.milvus.searches > 80  # Milvus answered, not only the fallback for tight filters
 
 
@@ -113,7 +82,7 @@ def test_milvus_answers_photo_queries_like_the_in_process_index(index, exact_mil
     before = exact_milvus.milvus.searches
     for gender in (None, "Women"):
         expected = similar_to_image(index, photo, k=8, gender=gender)
-        _assert_same_results(expected, similar_to_image(exact_milvus, photo, k=8, gender=gender), str(gender))
+        assert_same_results(expected, similar_to_image(exact_milvus, photo, k=8, gender=gender), str(gender))
     assert exact_milvus.milvus.searches == before + 2
 
 
@@ -136,8 +105,8 @@ def test_pca_vectors_in_milvus_find_nearly_all_the_in_process_results(index, mil
     recalls = []
     for product_id in product_ids:
         for case in ({}, {"colour_weight": 0.0}, {"same_product_type": True}):
-            expected = set(_query(index, product_id, case)["ProductId"])
-            recalls.append(len(expected & set(_query(compressed, product_id, case)["ProductId"])) / len(expected))
+            expected = set(query_case(index, product_id, case)["ProductId"])
+            recalls.append(len(expected & set(query_case(compressed, product_id, case)["ProductId"])) / len(expected))
     assert np.mean(recalls) >= 0.97, np.mean(recalls)
 
 
@@ -183,10 +152,10 @@ def test_a_catalogue_change_upserts_new_and_changed_products_and_deletes_removed
     for product_id in (*new[:3], *relabelled[:3], *rephotographed[:3]):
         for case in ({}, {"colour": "Black", "colour_weight": 0.5}):
             try:
-                expected = _query(in_process, product_id, case)
+                expected = query_case(in_process, product_id, case)
             except SearchError:  # no product of that gender has the colour
                 continue
-            _assert_same_results(expected, _query(second, product_id, case), f"{product_id} {case}")
+            assert_same_results(expected, query_case(second, product_id, case), f"{product_id} {case}")
     assert second.milvus.searches > 0
     second.milvus.close()
 
@@ -309,6 +278,6 @@ def test_fast_filters_become_a_milvus_expression_that_milvus_applies(milvus_copy
     for product_id in index.catalog["ProductId"][::37]:
         for case in ({"colour_weight": 0, "k": 3}, {"colour_weight": 0, "k": 3, "colour": ["Black", "Red"]},
                      {"colour_weight": 0, "k": 5, "across_genders": True}):
-            _assert_same_results(similar_products(index, product_id, **case), similar_products(copy, product_id, **case),
+            assert_same_results(similar_products(index, product_id, **case), similar_products(copy, product_id, **case),
                                  f"{product_id} {case}")
     assert copy.milvus.searches >= 10
