@@ -199,11 +199,14 @@ def test_load_index_with_the_milvus_setting_searches_through_milvus(catalog, ind
     loaded = load_index(catalog, get_settings(milvus_uri=uri), progress=False)
     assert loaded.milvus_uri == uri and loaded.milvus is None
     assert "connects at the first query" in search_backend(loaded)
-    product_id = index.catalog["ProductId"].iloc[10]
-    answer = similar_products(loaded, product_id, k=10)["ProductId"]
-    assert loaded.milvus.searches == 1 and loaded.milvus.last_sync.added == len(loaded)
+    product_ids = index.catalog["ProductId"].iloc[10:400:39].tolist()
+    answers = [set(similar_products(loaded, product_id, k=10)["ProductId"]) for product_id in product_ids]
+    assert loaded.milvus.searches == len(product_ids) and loaded.milvus.last_sync.added == len(loaded)
     assert search_backend(loaded).startswith(f"Milvus Lite file {uri}")
-    assert len(set(answer) & set(similar_products(index, product_id, k=10)["ProductId"])) >= 9
+    # PCA-256 candidates, then the exact ranking: nearly the in-process answers (one query may miss a few)
+    recalls = [len(answer & set(similar_products(index, product_id, k=10)["ProductId"])) / 10
+               for product_id, answer in zip(product_ids, answers)]
+    assert np.mean(recalls) >= 0.9, recalls
     loaded.milvus.close()
 
 
