@@ -45,7 +45,7 @@ from fashion_lens.catalog import load_catalog
 from fashion_lens.colour import colour_descriptor
 from fashion_lens.errors import CatalogError, SettingsError, WeightsError
 from fashion_lens.feature_cache import feature_cache_dir, prepare_photo, uncached_positions, write_feature_shard
-from fashion_lens.features import FeatureRecipe, default_recipe, resolve_recipe, run_network
+from fashion_lens.features import FeatureRecipe, default_recipe, import_keras, resolve_recipe, run_network
 from fashion_lens.settings import BACKBONES, RANDOM_WEIGHTS, get_settings
 from fashion_lens.storage import writable_dir
 
@@ -106,7 +106,7 @@ class PhotoEncoder:
     """
 
     def __init__(self, recipe: FeatureRecipe, weights: str, threads: int, fault_drill: str | None = None):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import_keras()  # TensorFlow set up as in the engine
         import tensorflow as tf
 
         # One worker per CPU slot: TensorFlow would otherwise start a thread per core in every actor.

@@ -97,6 +97,7 @@ def extract_features(catalog: pd.DataFrame, recipe: FeatureRecipe | None = None,
     if todo:
         failures = _compute_into_cache(catalog.iloc[todo], recipe, cache_dir, shard_size, progress,
                                        on_progress, network)
+        _drop_damaged_shards(cache_dir, recipe)  # their products were just recomputed: later runs stay silent
         if failures:
             examples = "; ".join(f"{pid}: {reason}" for pid, reason in list(failures.items())[:5])
             warnings.warn(f"{len(failures)} photo(s) could not be read and are left out ({examples}).", stacklevel=2)
@@ -181,6 +182,26 @@ def write_feature_shard(cache_dir: Path, recipe: FeatureRecipe, ids, fingerprint
         manifest = read_manifest(cache_dir, recipe) or _new_manifest(recipe)
         manifest["shards"].append(entry)
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        with atomic_write(cache_dir / "manifest.json", "w") as out:
+            json.dump(manifest, out, indent=1)
+
+
+def _drop_damaged_shards(cache_dir: Path, recipe: FeatureRecipe) -> None:
+    """Unlist (and delete) shards whose file is missing or no longer matches its checksum."""
+    with folder_lock(cache_dir):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FeatureCacheWarning)  # already reported when the cache was read
+            manifest = read_manifest(cache_dir, recipe)
+        if manifest is None:
+            return
+        intact = [entry for entry in manifest["shards"]
+                  if (cache_dir / entry["file"]).exists() and file_sha256(cache_dir / entry["file"]) == entry["sha256"]]
+        if len(intact) == len(manifest["shards"]):
+            return
+        for entry in manifest["shards"]:
+            if entry not in intact:
+                (cache_dir / entry["file"]).unlink(missing_ok=True)
+        manifest["shards"] = intact
         with atomic_write(cache_dir / "manifest.json", "w") as out:
             json.dump(manifest, out, indent=1)
 

@@ -185,10 +185,20 @@ def missing_weights_message(backbone: str, reason: str) -> str:
             f"to the path of a weights file{lighter}.")
 
 
+def import_keras():
+    """Keras, with TensorFlow set up for this kind of machine before its first import."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # oneDNN kernels: TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI or AMX; on an
+    # AVX2 CPU they run MobileNetV2 about twice as fast, with feature maps equal to 1e-4.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    import keras
+
+    return keras
+
+
 @functools.cache
 def _build_backbone(backbone: str, weights: str):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
+    keras = import_keras()
 
     build = {"resnet50": keras.applications.ResNet50, "mobilenet_v2": keras.applications.MobileNetV2}[backbone]
     try:
@@ -203,14 +213,22 @@ def _build_backbone(backbone: str, weights: str):
         raise WeightsError(missing_weights_message(backbone, str(error)[:200])) from error
 
 
+@functools.cache
+def _compiled(model):
+    """The backbone as one TensorFlow graph for any batch size: about twice as fast as calling it eagerly."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+    return tf.function(lambda batch: model(batch, training=False), input_signature=[spec])
+
+
 def preprocess_batch(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     """uint8 RGB batch -> the network's input. ResNet50 expects BGR with the ImageNet mean removed
     (its own preprocess_input), MobileNetV2 expects [-1, 1]: scaling by 1/255 (the article) fits neither."""
     batch = pixels.astype(np.float32)
     if recipe.preprocessing == "rescale":
         return batch / 255.0
-    import keras
-
+    keras = import_keras()
     module = {"resnet50": keras.applications.resnet50, "mobilenet_v2": keras.applications.mobilenet_v2}[recipe.backbone]
     return module.preprocess_input(batch)
 
@@ -252,7 +270,7 @@ def run_network(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
     if recipe.batch_size == 1:  # the article: model.predict, one photo at a time
         maps = np.concatenate([model.predict(batch[i:i + 1], verbose=0) for i in range(len(batch))])
     else:
-        maps = np.asarray(model(batch, training=False))
+        maps = np.asarray(_compiled(model)(batch))
     vectors = pool_feature_maps(maps, recipe.pooling)
     if recipe.metric == "cosine":  # a dot product of unit vectors is their cosine
         vectors = l2_normalize(vectors)

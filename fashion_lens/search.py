@@ -249,22 +249,25 @@ def _search(index: Index, query: Query, k, rows: slice, exclude, options: Search
     if query.doubt is not None:  # the photo's colours are uncertain: lean on shape
         colour_weight *= UNSURE_COLOUR_SHARE
     minimum = None if options.min_similarity is None else _number("min_similarity", options.min_similarity)
-    mask = filter_mask(index, rows, options.filters())
-    positions, scores = rank(index, query, rows, k, exclude, mask, colour_weight, options.filters())
+    filters = options.filters()
+    mask = filter_mask(index, rows, filters)
+    positions, scores = rank(index, query, rows, k, exclude, mask, colour_weight, filters)
     results = index.catalog.loc[positions, ["ProductId", "ProductTitle", "Gender", *FILTER_COLUMNS, "image_path"]]
     results = results.assign(**scores).reset_index(drop=True)
     if minimum is not None:
         results = results[results["similarity"] >= minimum].reset_index(drop=True)
     results.insert(0, "rank", np.arange(1, len(results) + 1))
     product = None if query.position is None else index.catalog.loc[query.position]
-    results["why"] = [explain_similarity(product, row, index.colours[position], query.colour, query.doubt)
+    query_colours = colour_names(query.colour, top=3)
+    results["why"] = [explain_similarity(product, row, colour_names(index.colours[position]), query_colours, query.doubt)
                       for position, (_, row) in zip(positions, results.iterrows())]
     return results
 
 
-def explain_similarity(query: pd.Series | None, result: pd.Series, result_colour, query_colour,
-                       doubt: str | None = None) -> str:
-    """A short 'why similar': the attributes the two products share and their dominant colours.
+def explain_similarity(query: pd.Series | None, result: pd.Series, result_colours: list[str],
+                       query_colours: list[str], doubt: str | None = None) -> str:
+    """A short 'why similar': the attributes the two products share and their dominant colours
+    (`result_colours` and `query_colours`: their colour_names, named once per product).
 
     `doubt` (Query.doubt): the query photo's product could not be told apart from its background,
     so no colour is claimed as shared and the text says the colours are uncertain."""
@@ -274,8 +277,8 @@ def explain_similarity(query: pd.Series | None, result: pd.Series, result_colour
                   if result[column] and query[column] == result[column]]  # two blanks share nothing
         if shared:
             parts.append("same " + ", ".join(shared))
-    common = [] if doubt else [name for name in colour_names(result_colour) if name in colour_names(query_colour, top=3)]
-    parts.append(f"both {' and '.join(common)}" if common else f"colours: {', '.join(colour_names(result_colour))}")
+    common = [] if doubt else [name for name in result_colours if name in query_colours]
+    parts.append(f"both {' and '.join(common)}" if common else f"colours: {', '.join(result_colours)}")
     if doubt:
         parts.append("your photo's colours are uncertain (its background could not be told apart), so shape counted more")
     return "; ".join(parts)

@@ -131,8 +131,6 @@ def test_a_truncated_shard_is_detected_and_only_its_products_are_recomputed(extr
 
 
 @pytest.mark.fast
-@pytest.mark.xfail(strict=True, reason="engine bug: a damaged shard stays listed in the manifest after its products are "
-                                       "recomputed, so every later run warns again that they are recomputed (they are not)")
 def test_once_a_damaged_shard_is_recomputed_later_runs_are_silent(extracted, tmp_path):
     _, artifacts = _copy(extracted, tmp_path)
     cache = feature_cache_dir(RECIPE, artifacts)

@@ -93,7 +93,7 @@ _THREADS_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from engine_support import hand_built_index
     from fashion_lens.evaluation import rank_all
-    index = hand_built_index(count=3000, dimensions=512, seed=9, genders=("Men", "Women"))
+    index = hand_built_index(count=1500, dimensions=256, seed=9, genders=("Men", "Women"))
     print(json.dumps({str(weight): rank_all(index, k=10, colour_weight=weight).tolist() for weight in (0.0, 0.4, 1.0)}))
 """)
 
@@ -111,7 +111,7 @@ def _ranks_with_threads(script: str, threads: int, env: dict | None = None) -> d
 def test_one_or_two_blas_threads_give_the_same_lists():
     one, two = (_ranks_with_threads(_THREADS_SCRIPT, threads) for threads in (1, 2))
     assert one == two
-    index = hand_built_index(count=3000, dimensions=512, seed=9, genders=("Men", "Women"))
+    index = hand_built_index(count=1500, dimensions=256, seed=9, genders=("Men", "Women"))
     assert one["0.4"] == rank_all(index, k=10, colour_weight=0.4).tolist()  # and this process agrees
 
 

@@ -11,7 +11,6 @@ import ast
 import re
 from pathlib import Path
 
-import nbformat
 import pytest
 
 import run_notebooks
@@ -27,6 +26,8 @@ ids = [path.stem for path in NOTEBOOKS]
 
 
 def read(path: Path):
+    import nbformat  # imported where used: it takes seconds, and `pytest -m fast` runs none of these tests
+
     return nbformat.read(path, as_version=4)
 
 
@@ -107,6 +108,8 @@ def test_only_picks_chapters_by_number_and_rejects_unknown_ones():
 
 
 def test_a_failing_notebook_stops_the_run_naming_the_notebook_and_the_cell(tmp_path, capsys):
+    import nbformat
+
     folder = tmp_path / "notebooks"
     folder.mkdir()
     for name, cells in {"01_fine": ["x = 1", "print(x)"], "02_broken": ["y = 2", "1 / 0", "print(y)"],

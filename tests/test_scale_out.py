@@ -16,16 +16,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-if os.environ.get("FASHION_LENS_REQUIRE_RAY") == "1":
-    import ray  # noqa: F401  (a missing Ray fails the run here)
-else:
-    pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-scale.txt")
+import scale_out
+from fashion_lens.errors import FeatureCacheWarning
+from fashion_lens.feature_cache import extract_features, feature_cache_dir, read_feature_cache
+from fashion_lens.features import default_recipe, resolve_recipe
+from fashion_lens.storage import file_sha256
 
-import scale_out  # noqa: E402
-from fashion_lens.errors import FeatureCacheWarning  # noqa: E402
-from fashion_lens.feature_cache import extract_features, feature_cache_dir, read_feature_cache  # noqa: E402
-from fashion_lens.features import default_recipe, resolve_recipe  # noqa: E402
-from fashion_lens.storage import file_sha256  # noqa: E402
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_installed():
+    """Ray is imported only when a test here runs (it takes seconds): `pytest -m fast` never pays for it."""
+    if os.environ.get("FASHION_LENS_REQUIRE_RAY") == "1":
+        import ray  # noqa: F401  (a missing Ray fails the run here)
+    else:
+        pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-scale.txt")
 
 WORKERS = 2
 # Ray Data's own settings object warns about its deprecated fields whenever it is copied
