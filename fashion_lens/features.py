@@ -263,14 +263,15 @@ def pool_feature_maps(maps: np.ndarray, pooling: str) -> np.ndarray:
 
 
 
-def run_network(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
-    """A batch of square uint8 photos (N, size, size, 3) -> (N, D) descriptors, as the recipe says."""
+def run_network(pixels: np.ndarray, recipe: FeatureRecipe, *, compiled: bool = True) -> np.ndarray:
+    """A batch of square uint8 photos (N, size, size, 3) -> (N, D) descriptors, as the recipe says.
+    compiled=False calls the Keras model eagerly (the benchmark's "before")."""
     model = load_backbone(recipe.backbone, recipe.weights)
     batch = preprocess_batch(pixels, recipe)
     if recipe.batch_size == 1:  # the article: model.predict, one photo at a time
         maps = np.concatenate([model.predict(batch[i:i + 1], verbose=0) for i in range(len(batch))])
     else:
-        maps = np.asarray(_compiled(model)(batch))
+        maps = np.asarray(_compiled(model)(batch) if compiled else model(batch, training=False))
     vectors = pool_feature_maps(maps, recipe.pooling)
     if recipe.metric == "cosine":  # a dot product of unit vectors is their cosine
         vectors = l2_normalize(vectors)
