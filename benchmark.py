@@ -55,6 +55,7 @@ from fashion_lens.search import check_colour_weight, filter_mask, rank, similar_
 from fashion_lens.settings import BACKBONES, get_settings, show_versions
 from fashion_lens.storage import atomic_write
 from fashion_lens.widget import recommender_widget
+from load_test import load_test
 from synthetic import synthetic_index, synthetic_vectors
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -64,7 +65,7 @@ NEIGHBOURS = 10  # recall@10
 TARGETS = {"extraction": 2.5, "memory": 12.0, "latency": 1000.0, "scale_recall": 0.95, "scale_ms": 5.0}
 IVF_PROBES = (8, 16, 32, 64)
 MILVUS_QUERIES = 50  # Milvus Lite answers in Python: a few hundred ms a query at 100k products
-SECTIONS = ("side_by_side", "speed", "main_job", "scale", "milvus")
+SECTIONS = ("side_by_side", "speed", "app_load", "main_job", "scale", "milvus")
 HNSW_EF = (64, 128, 256)  # efSearch: at least the 50 candidates asked for
 
 
@@ -652,6 +653,13 @@ def print_table(data: dict) -> None:
                 f"network only {f['network_only'][column]:.3f}")
         add(f"index rebuild after adding {ADDED_PRODUCTS} products, s", "", f"{f['rebuild_s']:.1f}", "",
             f"<= {f['rebuild_target_s']} s")
+    if "app_load" in figures:
+        f = figures["app_load"]
+        add(f"app, {f['users']} users for {f['seconds']:.0f} s: answers, errors", "", f"{f['answers']}, {f['errors']}", "",
+            f"think time ~{f['think_s']:g} s")
+        add("  answer ms: median / p95", "", f"{f['median_ms']:.0f} / {f['p95_ms']:.0f}", "", f"p95 <= {f['target_p95_ms']}")
+        add("  server MB: start / peak / end", "", f"{f['server_mb_start']:.0f} / {f['server_mb_peak']:.0f} / "
+            f"{f['server_mb_end']:.0f}", "")
     if "main_job" in figures:
         f = figures["main_job"]
         if "skipped" in f:
@@ -770,6 +778,9 @@ def main(argv=None) -> int:
         if "speed" not in skip:
             report.add("extraction_paths", extraction_paths(products, scratch))
             report.add("probes", probe_fitting(catalog, settings))
+        if "app_load" not in skip:
+            print("  the app under load: 20 users for 60 s ...", flush=True)
+            report.add("app_load", {**load_test(users=20, seconds=60), "target_p95_ms": 300})
         if "main_job" not in skip:
             report.add("main_job", main_job(settings, arguments.quick, 20, scratch))
         if {"scale", "milvus"} - skip:
