@@ -19,12 +19,14 @@ import functools
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -113,6 +115,25 @@ def current_memory_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def tree_memory_mb(root: int) -> float:
+    """Resident memory of a process and all its descendants (the notebook kernels run in their own sessions)."""
+    parents, resident = {}, {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:  # the process ended meanwhile
+            continue
+        pid = int(status.parent.name)
+        parents[pid] = int(fields["PPid"])
+        resident[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(resident.get(pid, 0.0) for pid in tree)
 
 
 def folder_mb(path: Path) -> float:
@@ -349,9 +370,21 @@ def main_job(settings, quick: bool, sample: int, scratch: Path) -> dict:
     for run in ("first_run", "rerun"):
         print(f"  main job, {run.replace('_', ' ')} ...", flush=True)
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, str(script), *arguments], env=environment, cwd=PROJECT_DIR,
-                              capture_output=True, text=True)
+        process = subprocess.Popen([sys.executable, str(script), *arguments], env=environment, cwd=PROJECT_DIR,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with ThreadPoolExecutor(1) as pool:  # read its output while the memory of its processes is sampled
+            output = pool.submit(process.communicate)
+            peak = 0.0
+            while process.poll() is None:
+                peak = max(peak, tree_memory_mb(process.pid))
+                time.sleep(0.5)
+            stdout, stderr = output.result()
+        done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         figure[run] = time.perf_counter() - start
+        figure[f"{run}_peak_mb"] = peak
+        # run_notebooks.py prints "  01_explore_the_catalogue.ipynb ... done in 25 s" for each chapter
+        figure[f"{run}_chapters"] = {match[0]: int(match[1]) for match in
+                                     re.findall(r"(\d\d)_\S+\.ipynb \.\.\. done in (\d+) s", done.stdout)}
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             return {**figure, "skipped": f"run_notebooks.py failed ({done.returncode}): {' | '.join(tail)}"}
@@ -666,7 +699,11 @@ def print_table(data: dict) -> None:
             add(f"main job ({f['command']})", "", f"skipped: {f['skipped']}"[:70], "")
         else:
             add(f"main job, s: first run / rerun ({f['command']})", "", f"{f['first_run']:.0f} / {f['rerun']:.0f}",
-                f"{f['ratio']:.1f}x")
+                f"{f['ratio']:.1f}x", "first <= 480 s, rerun <= 60 s")
+            add("main job, peak memory MB: first run / rerun", "", f"{f['first_run_peak_mb']:.0f} / {f['rerun_peak_mb']:.0f}",
+                "", "<= 4000")
+            for chapter, seconds in f.get("first_run_chapters", {}).items():
+                add(f"  chapter {chapter}, s: first run / rerun", "", f"{seconds} / {f['rerun_chapters'].get(chapter, '?')}", "")
     if "scale" in figures:
         f = figures["scale"]
         for size, entry in f["sizes"].items():
