@@ -19,12 +19,14 @@ import functools
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -44,16 +46,18 @@ from fashion_lens.ann import (
 )
 from fashion_lens.catalog import load_catalog
 from fashion_lens.errors import WeightsError
-from fashion_lens.evaluation import compare_methods
+from fashion_lens.evaluation import compare_methods, evaluate
 from fashion_lens.feature_cache import Features, extract_features
 from fashion_lens.features import default_recipe, load_backbone, reference_recipe, resolve_recipe, run_network
 from fashion_lens.images import IMAGE_SIZE
 from fashion_lens.index import APPROXIMATE_SEARCH_MIN_PRODUCTS, DEFAULT_COLOUR_WEIGHT, Index, build_index, load_index, product_query
 from fashion_lens.milvus_search import INSTALL, sync_milvus
+from fashion_lens.probes import PROBE_DIMENSIONS, fit_attribute_probes
 from fashion_lens.search import check_colour_weight, filter_mask, rank, similar_products
 from fashion_lens.settings import BACKBONES, get_settings, show_versions
 from fashion_lens.storage import atomic_write
 from fashion_lens.widget import recommender_widget
+from load_test import load_test
 from synthetic import synthetic_index, synthetic_vectors
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -63,7 +67,7 @@ NEIGHBOURS = 10  # recall@10
 TARGETS = {"extraction": 2.5, "memory": 12.0, "latency": 1000.0, "scale_recall": 0.95, "scale_ms": 5.0}
 IVF_PROBES = (8, 16, 32, 64)
 MILVUS_QUERIES = 50  # Milvus Lite answers in Python: a few hundred ms a query at 100k products
-SECTIONS = ("side_by_side", "main_job", "scale", "milvus")
+SECTIONS = ("side_by_side", "speed", "app_load", "main_job", "scale", "milvus")
 HNSW_EF = (64, 128, 256)  # efSearch: at least the 50 candidates asked for
 
 
@@ -111,6 +115,25 @@ def current_memory_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def tree_memory_mb(root: int) -> float:
+    """Resident memory of a process and all its descendants (the notebook kernels run in their own sessions)."""
+    parents, resident = {}, {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:  # the process ended meanwhile
+            continue
+        pid = int(status.parent.name)
+        parents[pid] = int(fields["PPid"])
+        resident[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(resident.get(pid, 0.0) for pid in tree)
 
 
 def folder_mb(path: Path) -> float:
@@ -265,6 +288,76 @@ def quality(article_index: Index, project_index: Index) -> dict:
             **{method: {column: float(value) for column, value in row.items()} for method, row in table.iterrows()}}
 
 
+# ---------------------------------------------------------------------------
+# Speed: the main job's steps as they were and as they are, side by side
+# ---------------------------------------------------------------------------
+
+EXTRACTION_PATHS = {  # TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, at import: each path runs in its own process
+    "before": {"TF_ENABLE_ONEDNN_OPTS": "0", "compiled": False},  # the Keras model called eagerly, default kernels
+    "now": {"TF_ENABLE_ONEDNN_OPTS": "1", "compiled": True},      # one compiled graph, oneDNN kernels
+}
+ADDED_PRODUCTS = 10
+
+
+def extraction_worker(request: dict) -> dict:
+    """One extraction path in this process (see extraction_paths): seconds for the photos, into an empty cache."""
+    settings = get_settings()
+    products = load_catalog(settings.data_dir).set_index("ProductId").loc[request["ids"]].reset_index()
+    recipe = resolve_recipe(default_recipe(settings))
+    network = functools.partial(run_network, compiled=request["compiled"])
+    network(np.zeros((recipe.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), recipe)  # build and warm up first
+    features, seconds = timed(extract_features, products, recipe, artifacts_dir=request["artifacts"],
+                              progress=False, network=network)
+    np.save(request["vectors"], features.vectors.astype(np.float32))
+    return {"seconds": seconds, "images": len(features)}
+
+
+def extraction_paths(products: pd.DataFrame, scratch: Path) -> dict:
+    """Images/s of the project's extraction before and now, on the same photos, each path in a fresh
+    process; the descriptors must agree to 1e-3."""
+    figure = {"unit": "images/s", "images": len(products), "target_ratio": 1.5}
+    for name, path in EXTRACTION_PATHS.items():
+        print(f"  extracting {len(products)} photos, {name} ...", flush=True)
+        request = {"ids": products["ProductId"].tolist(), "compiled": path["compiled"],
+                   "artifacts": str(scratch / f"extraction-{name}"), "vectors": str(scratch / f"vectors-{name}.npy")}
+        done = subprocess.run([sys.executable, __file__, "--extraction-worker", json.dumps(request)],
+                              env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": path["TF_ENABLE_ONEDNN_OPTS"]},
+                              capture_output=True, text=True, cwd=PROJECT_DIR)
+        if done.returncode != 0:
+            return {**figure, "skipped": f"the {name} path failed: {(done.stderr or done.stdout).strip()[-300:]}"}
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        figure[name] = result["images"] / result["seconds"]
+    difference = np.abs(np.load(scratch / "vectors-before.npy") - np.load(scratch / "vectors-now.npy")).max()
+    figure.update(ratio=ratio(figure["now"], figure["before"]), largest_difference=float(difference))
+    figure["meets_target"] = figure["ratio"] >= figure["target_ratio"] and difference <= 1e-3
+    return figure
+
+
+def probe_fitting(catalog: pd.DataFrame, settings) -> dict:
+    """Seconds to fit the attribute probes on the whole catalogue, on the whole inputs (before) and on
+    their principal components (now), with the quality each gives; then the index rebuild after
+    ADDED_PRODUCTS products join a cached catalogue."""
+    features = extract_features(catalog, default_recipe(settings), progress=False)
+    uncached = dataclasses.replace(features, cache_dir=None)  # no probe file: every fit is timed
+    figure = {"unit": "s", "products": len(features), "target_s": 20, "rebuild_target_s": 10}
+    for name, dimensions in (("before", None), ("now", PROBE_DIMENSIONS)):
+        print(f"  fitting the probes, {name} ...", flush=True)
+        fit = functools.partial(fit_attribute_probes, dimensions=dimensions)
+        index, seconds = timed(build_index, catalog, uncached, attributes=True, fit_probes=fit)
+        figure[name] = {"seconds": seconds, **{column: float(value) for column, value in evaluate(index).items()
+                                                if column.startswith("P@")}}
+    figure["network_only"] = {column: float(value) for column, value in evaluate(index, colour_weight=0).items()
+                              if column.startswith("P@")}  # the row without anything label-trained
+    figure["ratio"] = ratio(figure["before"]["seconds"], figure["now"]["seconds"])
+    rng = np.random.default_rng(0)
+    added = rng.choice(len(catalog), ADDED_PRODUCTS, replace=False)
+    load_index(catalog.drop(catalog.index[added]), settings, progress=False)  # the catalogue before, cached
+    print(f"  rebuilding the index after {ADDED_PRODUCTS} products are added ...", flush=True)
+    _, figure["rebuild_s"] = timed(load_index, catalog, settings, progress=False)
+    figure["meets_target"] = figure["now"]["seconds"] <= figure["target_s"] and figure["rebuild_s"] <= figure["rebuild_target_s"]
+    return figure
+
+
 def main_job(settings, quick: bool, sample: int, scratch: Path) -> dict:
     """Seconds of `run_notebooks.py` into an empty artifacts folder, then again with its feature cache."""
     script = PROJECT_DIR / "run_notebooks.py"
@@ -277,9 +370,21 @@ def main_job(settings, quick: bool, sample: int, scratch: Path) -> dict:
     for run in ("first_run", "rerun"):
         print(f"  main job, {run.replace('_', ' ')} ...", flush=True)
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, str(script), *arguments], env=environment, cwd=PROJECT_DIR,
-                              capture_output=True, text=True)
+        process = subprocess.Popen([sys.executable, str(script), *arguments], env=environment, cwd=PROJECT_DIR,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with ThreadPoolExecutor(1) as pool:  # read its output while the memory of its processes is sampled
+            output = pool.submit(process.communicate)
+            peak = 0.0
+            while process.poll() is None:
+                peak = max(peak, tree_memory_mb(process.pid))
+                time.sleep(0.5)
+            stdout, stderr = output.result()
+        done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         figure[run] = time.perf_counter() - start
+        figure[f"{run}_peak_mb"] = peak
+        # run_notebooks.py prints "  01_explore_the_catalogue.ipynb ... done in 25 s" for each chapter
+        figure[f"{run}_chapters"] = {match[0]: int(match[1]) for match in
+                                     re.findall(r"(\d\d)_\S+\.ipynb \.\.\. done in (\d+) s", done.stdout)}
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             return {**figure, "skipped": f"run_notebooks.py failed ({done.returncode}): {' | '.join(tail)}"}
@@ -565,13 +670,40 @@ def print_table(data: dict) -> None:
         for column in f["project"]:
             add(f"quality {column} ({f['products']} products)", f"{f['article'][column]:.3f}", f"{f['project'][column]:.3f}",
                 f"{f['project'][column] - f['article'][column]:+.3f}")
+    if "extraction_paths" in figures:
+        f = figures["extraction_paths"]
+        if "skipped" in f:
+            add("extraction paths", "", f"skipped: {f['skipped']}"[:70], "")
+        else:
+            add(f"extraction, images/s: before / now ({f['images']} photos)", "", f"{f['before']:.1f} / {f['now']:.1f}",
+                f"{f['ratio']:.1f}x", f">= {f['target_ratio']}x, vectors within {f['largest_difference']:.0e}")
+    if "probes" in figures:
+        f = figures["probes"]
+        add(f"probes, s: before / now ({f['products']} products)", "", f"{f['before']['seconds']:.1f} / {f['now']['seconds']:.1f}",
+            f"{f['ratio']:.1f}x", f"<= {f['target_s']} s")
+        for column in f["network_only"]:
+            add(f"  {column}: before / now", "", f"{f['before'][column]:.3f} / {f['now'][column]:.3f}", "",
+                f"network only {f['network_only'][column]:.3f}")
+        add(f"index rebuild after adding {ADDED_PRODUCTS} products, s", "", f"{f['rebuild_s']:.1f}", "",
+            f"<= {f['rebuild_target_s']} s")
+    if "app_load" in figures:
+        f = figures["app_load"]
+        add(f"app, {f['users']} users for {f['seconds']:.0f} s: answers, errors", "", f"{f['answers']}, {f['errors']}", "",
+            f"think time ~{f['think_s']:g} s")
+        add("  answer ms: median / p95", "", f"{f['median_ms']:.0f} / {f['p95_ms']:.0f}", "", f"p95 <= {f['target_p95_ms']}")
+        add("  server MB: start / peak / end", "", f"{f['server_mb_start']:.0f} / {f['server_mb_peak']:.0f} / "
+            f"{f['server_mb_end']:.0f}", "")
     if "main_job" in figures:
         f = figures["main_job"]
         if "skipped" in f:
             add(f"main job ({f['command']})", "", f"skipped: {f['skipped']}"[:70], "")
         else:
             add(f"main job, s: first run / rerun ({f['command']})", "", f"{f['first_run']:.0f} / {f['rerun']:.0f}",
-                f"{f['ratio']:.1f}x")
+                f"{f['ratio']:.1f}x", "first <= 480 s, rerun <= 60 s")
+            add("main job, peak memory MB: first run / rerun", "", f"{f['first_run_peak_mb']:.0f} / {f['rerun_peak_mb']:.0f}",
+                "", "<= 4000")
+            for chapter, seconds in f.get("first_run_chapters", {}).items():
+                add(f"  chapter {chapter}, s: first run / rerun", "", f"{seconds} / {f['rerun_chapters'].get(chapter, '?')}", "")
     if "scale" in figures:
         f = figures["scale"]
         for size, entry in f["sizes"].items():
@@ -632,11 +764,15 @@ def parse_arguments(argv=None):
     parser.add_argument("--milvus-size", type=int, default=100_000, metavar="N",
                         help="synthetic products for the Milvus Lite section (default 100000)")
     parser.add_argument("--output", type=Path, default=None, help="results file (default artifacts/bench/results.json)")
+    parser.add_argument("--extraction-worker", default=None, help=argparse.SUPPRESS)  # one path of extraction_paths
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
+    if arguments.extraction_worker:
+        print(json.dumps(extraction_worker(json.loads(arguments.extraction_worker))))
+        return 0
     settings = get_settings(backbone=arguments.backbone)
     per_gender = arguments.sample if arguments.sample else (64 if arguments.quick else None)
     sizes = [int(size) for size in arguments.sizes.split(",")] if arguments.sizes \
@@ -676,6 +812,12 @@ def main(argv=None) -> int:
             report.add("widget_latency", widget_latency(project_index))
             report.add("quality", quality(article_index, project_index))
             del article_index
+        if "speed" not in skip:
+            report.add("extraction_paths", extraction_paths(products, scratch))
+            report.add("probes", probe_fitting(catalog, settings))
+        if "app_load" not in skip:
+            print("  the app under load: 20 users for 60 s ...", flush=True)
+            report.add("app_load", {**load_test(users=20, seconds=60), "target_p95_ms": 300})
         if "main_job" not in skip:
             report.add("main_job", main_job(settings, arguments.quick, 20, scratch))
         if {"scale", "milvus"} - skip:

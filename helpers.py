@@ -38,7 +38,7 @@ from fashion_lens.display import (
     show_samples,
 )
 from fashion_lens.evaluation import RELEVANCE, compare_methods, evaluate, rank_all, relevance_matrix
-from fashion_lens.feature_cache import extract_features
+from fashion_lens.feature_cache import extract_features, extract_recipes
 from fashion_lens.features import (
     GEOMETRIES,
     METRICS,
@@ -65,7 +65,7 @@ __all__ = [
     "GENDERS", "GENDER_FOLDERS", "METADATA_COLUMNS",
     # photos and features
     "load_image", "to_square", "load_backbone", "preprocess_batch", "FeatureRecipe", "default_recipe", "reference_recipe",
-    "extract_features",
+    "extract_features", "extract_recipes",
     "GEOMETRIES", "PREPROCESSINGS", "POOLINGS", "METRICS",
     # index and search
     "build_index", "load_index", "similar_products", "similar_to_image", "SearchOptions",

@@ -161,6 +161,7 @@ def main(argv=None) -> int:
     (output_dir / "kernels.log").unlink(missing_ok=True)  # this run's messages only
     scope = f"{arguments.sample} products per gender" if arguments.sample else "the whole catalogue"
     print(f"Running {len(paths)} notebook(s) on {scope}, backbone {settings.backbone}, into {output_dir}", flush=True)
+    started = time.perf_counter()
     for path in paths:
         start = time.perf_counter()
         print(f"  {path.name} ...", end=" ", flush=True)
@@ -171,6 +172,7 @@ def main(argv=None) -> int:
             print(f"\n{error}", file=sys.stderr)
             return 1
         print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"All {len(paths)} notebook(s) in {time.perf_counter() - started:.0f} s")
     print(f"\nExecuted notebooks and HTML copies: {output_dir} (the kernels' own messages: kernels.log)")
     print(f"  open {output_dir / (paths[0].stem + '.html')} in a browser to read them")
     print("To run and explore them yourself: make lab   (JupyterLab on notebooks/)")

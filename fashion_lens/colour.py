@@ -119,9 +119,7 @@ def colour_names(descriptor: np.ndarray, top: int = 2) -> list[str]:
     A colour is named at the share-weighted mean of its bins' centres, which is the mean colour
     of its pixels; the coarse bins' own centres would call a mid red 'maroon' and a brown grey.
     """
-    given = np.asarray(descriptor, dtype=np.float64).ravel()[: len(_CENTRES)]
-    shares = np.zeros(len(_CENTRES))
-    shares[: len(given)] = given ** 2  # undo the square root: each bin's share of pixels (a shorter vector: the first bins)
+    shares = np.asarray(descriptor, dtype=np.float64).ravel() ** 2  # undo the square root: each bin's share of pixels
     around = np.where(_NEIGHBOURS >= 0, shares[np.maximum(_NEIGHBOURS, 0)], -1.0)
     peak = _NEIGHBOURS[np.arange(len(shares)), np.argmax(around, axis=1)]  # the fullest bin around each bin
     for _ in range(int(np.sum(LAB_BINS))):  # follow the steps up to the peaks

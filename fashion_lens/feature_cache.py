@@ -23,7 +23,17 @@ import pandas as pd
 
 from .colour import COLOUR_DESCRIPTOR_VERSION, colour_descriptor
 from .errors import FeatureCacheWarning, ImageError
-from .features import FeatureRecipe, default_recipe, load_backbone, resolve_recipe, run_network
+from .features import (
+    FeatureRecipe,
+    default_recipe,
+    descriptors_from_maps,
+    load_backbone,
+    maps_recipe,
+    network_input,
+    resolve_recipe,
+    run_network,
+    unflatten_maps,
+)
 from .images import SEPARATION_VERSION, Separation, load_image, separate_product, to_square
 from .settings import get_settings, show_versions
 from .storage import atomic_write, file_sha256, folder_lock, writable_dir
@@ -87,26 +97,54 @@ def extract_features(catalog: pd.DataFrame, recipe: FeatureRecipe | None = None,
 
     >>> features = extract_features(catalog, default_recipe())  # doctest: +SKIP
     """
-    recipe = resolve_recipe((recipe or default_recipe()).check())
-    cache_dir = feature_cache_dir(recipe, artifacts_dir)
-    writable_dir(cache_dir)
+    return extract_recipes(catalog, [recipe or default_recipe()], artifacts_dir=artifacts_dir, shard_size=shard_size,
+                           progress=progress, on_progress=on_progress, network=network)[0]
+
+
+def extract_recipes(catalog: pd.DataFrame, recipes: list[FeatureRecipe], *, artifacts_dir=None,
+                    shard_size: int = SHARD_SIZE, progress: bool = True, on_progress=None,
+                    network=run_network) -> list[Features]:
+    """extract_features for several recipes at once, one Features per recipe, in their order.
+
+    Recipes that feed the network the same input (network_input: they differ only in pooling,
+    metric or storage type) share one pass over the photos: the feature map is computed once and
+    pooled each way. Each recipe keeps its own cache; a recipe given twice is extracted once.
+
+    >>> gap, grid = extract_recipes(catalog, [default_recipe(pooling="gap"), default_recipe()])  # doctest: +SKIP
+    """
+    given = [resolve_recipe(recipe.check()) for recipe in recipes]
+    recipes = list(dict.fromkeys(given))
+    caches = [feature_cache_dir(recipe, artifacts_dir) for recipe in recipes]
+    for cache_dir in caches:
+        writable_dir(cache_dir)
+    todo = [set(uncached_positions(catalog, cache_dir, recipe)) for recipe, cache_dir in zip(recipes, caches)]
+    groups: dict[tuple, list[int]] = {}
+    for number, recipe in enumerate(recipes):
+        groups.setdefault(network_input(recipe), []).append(number)
+    failures = {}
+    for members in groups.values():
+        positions = sorted(set().union(*(todo[number] for number in members)))
+        if positions:
+            targets = [(recipes[number], caches[number], todo[number]) for number in members]
+            failures.update(_compute_into_cache(catalog.iloc[positions], positions, targets, shard_size, progress,
+                                                on_progress, network))
+            for recipe, cache_dir, _ in targets:
+                _drop_damaged_shards(cache_dir, recipe)  # their products were just recomputed: later runs stay silent
+    if failures:
+        examples = "; ".join(f"{pid}: {reason}" for pid, reason in list(failures.items())[:5])
+        warnings.warn(f"{len(failures)} photo(s) could not be read and are left out ({examples}).", stacklevel=3)
     ids = catalog["ProductId"].to_numpy(dtype=str)
     fingerprints = catalog["image_sha256"].to_numpy(dtype=str)
-    todo = uncached_positions(catalog, cache_dir, recipe)
-    failures = {}
-    if todo:
-        failures = _compute_into_cache(catalog.iloc[todo], recipe, cache_dir, shard_size, progress,
-                                       on_progress, network)
-        _drop_damaged_shards(cache_dir, recipe)  # their products were just recomputed: later runs stay silent
-        if failures:
-            examples = "; ".join(f"{pid}: {reason}" for pid, reason in list(failures.items())[:5])
-            warnings.warn(f"{len(failures)} photo(s) could not be read and are left out ({examples}).", stacklevel=2)
-    stored = read_feature_cache(cache_dir, recipe)
-    known = _rows_by_id(stored)
-    keep = [i for i, (pid, fp) in enumerate(zip(ids, fingerprints)) if known.get(pid, (None,))[0] == fp]
-    rows = [known[ids[i]][1] for i in keep]
-    return Features(ids=ids[keep], vectors=stored["vectors"][rows], colours=stored["colours"][rows], recipe=recipe,
-                    cache_dir=cache_dir, computed=len(todo) - len(failures), left_out=failures)
+    results = []
+    for recipe, cache_dir, wanted in zip(recipes, caches, todo):
+        stored = read_feature_cache(cache_dir, recipe)
+        known = _rows_by_id(stored)
+        keep = [i for i, (pid, fp) in enumerate(zip(ids, fingerprints)) if known.get(pid, (None,))[0] == fp]
+        rows = [known[ids[i]][1] for i in keep]
+        results.append(Features(ids=ids[keep], vectors=stored["vectors"][rows], colours=stored["colours"][rows],
+                                recipe=recipe, cache_dir=cache_dir,
+                                computed=sum(ids[i] not in failures for i in wanted), left_out=failures))
+    return [results[recipes.index(recipe)] for recipe in given]
 
 
 def uncached_positions(catalog: pd.DataFrame, cache_dir: Path, recipe: FeatureRecipe) -> list[int]:
@@ -116,11 +154,18 @@ def uncached_positions(catalog: pd.DataFrame, cache_dir: Path, recipe: FeatureRe
     return [i for i, (pid, fp) in enumerate(pairs) if known.get(pid, (None,))[0] != fp]
 
 
-def _compute_into_cache(rows: pd.DataFrame, recipe, cache_dir, shard_size, progress, on_progress, network) -> dict:
+def _compute_into_cache(rows: pd.DataFrame, positions: list[int], targets: list, shard_size, progress, on_progress,
+                        network) -> dict:
+    """Run the photos at `positions` (`rows`) through the network once, and write each target
+    (recipe, cache folder, positions it lacks) the descriptors it lacks."""
     from tqdm.auto import tqdm
 
+    recipe = targets[0][0]  # every target sees the same network input
+    # one target: the network gives its descriptors; several: the raw maps, pooled each target's way
+    shared = maps_recipe(recipe) if len(targets) > 1 else None
     failures, finished = {}, 0
-    bar = tqdm(total=len(rows), desc=f"{recipe.name} features", unit="img", disable=not progress)
+    names = ", ".join(target[0].name for target in targets)
+    bar = tqdm(total=len(rows), desc=f"{names} features", unit="img", disable=not progress)
     # Network (and TensorFlow) first: importing TensorFlow while Pillow decodes in the threads below
     # crashed the process (segfault in ImageFile.load) when a fresh process computed its first features.
     load_backbone(recipe.backbone, recipe.weights)
@@ -128,27 +173,33 @@ def _compute_into_cache(rows: pd.DataFrame, recipe, cache_dir, shard_size, progr
         for start in range(0, len(rows), shard_size):
             chunk = rows.iloc[start:start + shard_size]
             prepared = pool.map(lambda path: prepare_photo(path, recipe), chunk["image_path"])
-            done_ids, done_fps, vectors, colours, pixels = [], [], [], [], []
-            for pid, fp, (result, error) in zip(chunk["ProductId"], chunk["image_sha256"], prepared):
+            done, outputs, colours, pixels = [], [], [], []
+            for position, pid, fp, (result, error) in zip(positions[start:start + shard_size], chunk["ProductId"],
+                                                          chunk["image_sha256"], prepared):
                 if error:
                     failures[pid] = error
                 else:
-                    done_ids.append(pid)
-                    done_fps.append(fp)
+                    done.append((position, pid, fp))
                     pixels.append(result[0])
                     colours.append(result[1])
                 if len(pixels) == recipe.batch_size:
-                    vectors.append(network(np.stack(pixels), recipe))
+                    outputs.append(network(np.stack(pixels), shared or recipe))
                     pixels = []
                 bar.update(1)
                 finished += 1
                 if on_progress is not None:
                     on_progress(finished, len(rows))
             if pixels:
-                vectors.append(network(np.stack(pixels), recipe))
-            if done_ids:
-                write_feature_shard(cache_dir, recipe, np.array(done_ids), np.array(done_fps),
-                                    np.concatenate(vectors), np.stack(colours).astype(np.float32))
+                outputs.append(network(np.stack(pixels), shared or recipe))
+            if not done:
+                continue
+            outputs, colours = np.concatenate(outputs), np.stack(colours).astype(np.float32)
+            for target, cache_dir, wanted in targets:
+                keep = [number for number, (position, _, _) in enumerate(done) if position in wanted]
+                if keep:
+                    vectors = outputs if shared is None else descriptors_from_maps(unflatten_maps(outputs, shared), target)
+                    write_feature_shard(cache_dir, target, np.array([done[n][1] for n in keep]),
+                                        np.array([done[n][2] for n in keep]), vectors[keep], colours[keep])
     bar.close()
     return failures
 

@@ -263,18 +263,41 @@ def pool_feature_maps(maps: np.ndarray, pooling: str) -> np.ndarray:
 
 
 
-def run_network(pixels: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
-    """A batch of square uint8 photos (N, size, size, 3) -> (N, D) descriptors, as the recipe says."""
+def run_network(pixels: np.ndarray, recipe: FeatureRecipe, *, compiled: bool = True) -> np.ndarray:
+    """A batch of square uint8 photos (N, size, size, 3) -> (N, D) descriptors, as the recipe says.
+    compiled=False calls the Keras model eagerly (the benchmark's "before")."""
     model = load_backbone(recipe.backbone, recipe.weights)
     batch = preprocess_batch(pixels, recipe)
     if recipe.batch_size == 1:  # the article: model.predict, one photo at a time
         maps = np.concatenate([model.predict(batch[i:i + 1], verbose=0) for i in range(len(batch))])
     else:
-        maps = np.asarray(_compiled(model)(batch))
+        maps = np.asarray(_compiled(model)(batch) if compiled else model(batch, training=False))
+    return descriptors_from_maps(maps, recipe)
+
+
+def descriptors_from_maps(maps: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """(N, H, W, C) feature maps -> (N, D) descriptors: pooled, normalised and stored as the recipe says."""
     vectors = pool_feature_maps(maps, recipe.pooling)
     if recipe.metric == "cosine":  # a dot product of unit vectors is their cosine
         vectors = l2_normalize(vectors)
     return vectors.astype(recipe.dtype)
+
+
+def network_input(recipe: FeatureRecipe) -> tuple:
+    """What the network sees and how it is called: recipes equal in this share one pass over the photos."""
+    return (recipe.backbone, recipe.weights, recipe.weights_id, recipe.geometry, recipe.preprocessing,
+            recipe.image_size, recipe.batch_size)
+
+
+def maps_recipe(recipe: FeatureRecipe) -> FeatureRecipe:
+    """The recipe whose descriptors are the raw feature maps (flattened, float32): pooled later, several ways."""
+    return dataclasses.replace(recipe, pooling="flatten", metric="euclidean", dtype="float32")
+
+
+def unflatten_maps(vectors: np.ndarray, recipe: FeatureRecipe) -> np.ndarray:
+    """maps_recipe descriptors back to (N, H, W, C) maps: both backbones shrink the photo 32 times."""
+    side = recipe.image_size // 32
+    return vectors.reshape(len(vectors), side, side, -1)
 
 
 def embed_images(images: Iterable, recipe: FeatureRecipe, network=run_network) -> np.ndarray:

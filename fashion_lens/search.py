@@ -53,12 +53,16 @@ class SearchOptions:
 
 
 def search_options(options: SearchOptions | None = None, **choices) -> SearchOptions:
-    """`options` (or the defaults) with the keyword `choices` applied; an unknown keyword is refused."""
+    """`options` (or the defaults) with the keyword `choices` applied; an unknown keyword, or a yes/no
+    option that is not True or False, is refused."""
     known = [field.name for field in dataclasses.fields(SearchOptions)]
     unknown = sorted(set(choices) - set(known))
     if unknown:
         raise SearchError(f"Unknown search option(s) {', '.join(unknown)}; the options are {', '.join(known)}.")
-    return dataclasses.replace(options or SearchOptions(), **choices)
+    options = dataclasses.replace(options or SearchOptions(), **choices)
+    for name in ("across_genders", "include_duplicates"):
+        check_flag(name, getattr(options, name))
+    return options
 
 
 def check_k(k) -> int:
@@ -204,8 +208,8 @@ def similar_products(index: Index, product_id, k: int = 5, *, options: SearchOpt
     options = search_options(options, **choices)
     position = product_position(index, product_id)
     gender = index.catalog.at[position, "Gender"]
-    rows = slice(0, len(index)) if check_flag("across_genders", options.across_genders) else index.gender_rows[gender]
-    exclude = np.array([position - rows.start]) if check_flag("include_duplicates", options.include_duplicates) \
+    rows = slice(0, len(index)) if options.across_genders else index.gender_rows[gender]
+    exclude = np.array([position - rows.start]) if options.include_duplicates \
         else np.flatnonzero(index.groups[rows] == index.groups[position])
     return _search(index, product_query(index, position), k, rows, exclude, options)
 

@@ -47,7 +47,7 @@ def hand_built_index(count: int = 60, dimensions: int = 64, seed: int = 0, gende
         vectors = random_unit_vectors(rng, count, dimensions)
     ids = [str(1000 + row) for row in range(count)] if ids is None else list(ids)
     if colours is None and image_dir is None:
-        colours = np.abs(random_unit_vectors(rng, count, 16))
+        colours = random_colour_descriptors(rng, count)
     catalog = pd.DataFrame({
         "ProductId": ids,
         "Gender": [genders[row % len(genders)] for row in range(count)],
@@ -77,6 +77,15 @@ def random_unit_vectors(rng, count: int, dimensions: int):
 
     vectors = rng.standard_normal((count, dimensions)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def random_colour_descriptors(rng, count: int):
+    """Made-up colour descriptors of the engine's shape: non-negative unit vectors over its Lab bins."""
+    import numpy as np
+
+    from fashion_lens.colour import LAB_BINS
+
+    return np.abs(random_unit_vectors(rng, count, int(np.prod(LAB_BINS))))
 
 
 def imagenet_weights_downloadable(timeout: float = 3.0) -> bool:

@@ -39,7 +39,7 @@ def _toy_index():
         "duplicate_group": ["1", "2", "3", "4", "5", "6"],
     })
     recipe = FeatureRecipe(backbone="mobilenet_v2", weights="toy:sha256=0")
-    colours = np.ones((6, 4), np.float32) / 2
+    colours = np.ones((6, 256), np.float32) / 16  # one unit colour descriptor shared by all: colour never decides
     return build_index(catalog, Features(catalog["ProductId"].to_numpy(), vectors, colours, recipe))
 
 
@@ -205,7 +205,7 @@ def test_fast_rank_all_ranks_every_product_exactly_as_similar_products():
 
 @pytest.mark.fast
 def test_fast_rank_all_ranks_by_euclidean_distance_exactly_as_similar_products():
-    from engine_support import random_unit_vectors
+    from engine_support import random_colour_descriptors, random_unit_vectors
 
     rng = np.random.default_rng(2)
     vectors = random_unit_vectors(rng, 30, 16) * rng.uniform(0.5, 3.0, (30, 1)).astype(np.float32)  # raw, not unit
@@ -215,7 +215,7 @@ def test_fast_rank_all_ranks_by_euclidean_distance_exactly_as_similar_products()
                             "ProductTitle": "a shirt", "image_path": "", "duplicate_group": [str(500 + i) for i in range(30)]})
     recipe = FeatureRecipe(backbone="mobilenet_v2", weights="toy", weights_id="toy", metric="euclidean",
                            pooling="flatten", dtype="float32")
-    index = build_index(catalog, Features(catalog["ProductId"].to_numpy(), vectors, np.full((30, 4), 0.5, np.float32), recipe))
+    index = build_index(catalog, Features(catalog["ProductId"].to_numpy(), vectors, random_colour_descriptors(rng, 30), recipe))
     ranks = rank_all(index, k=4, colour_weight=0.9)  # a Euclidean recipe ignores the colour weight
     ids = index.catalog["ProductId"].to_numpy()
     for position, product_id in enumerate(ids):

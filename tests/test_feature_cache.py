@@ -6,6 +6,7 @@ most of it), so the photos are few and the first extraction is shared by the mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import warnings
@@ -20,7 +21,7 @@ from engine_support import CountingNetwork, catalogue_row, product_photo, write_
 from fashion_lens.catalog import load_catalog
 from fashion_lens.colour import colour_descriptor
 from fashion_lens.errors import FeatureCacheWarning
-from fashion_lens.feature_cache import extract_features, feature_cache_dir
+from fashion_lens.feature_cache import extract_features, extract_recipes, feature_cache_dir
 from fashion_lens.features import FeatureRecipe, embed_images, resolve_recipe
 from fashion_lens.images import load_image
 
@@ -113,6 +114,27 @@ def test_only_a_changed_or_added_photo_is_recomputed(extracted, tmp_path):
     assert np.array_equal(after.vectors[[0, 1, 3]], before.vectors[[0, 1, 3]])
     assert not np.allclose(after.vectors[2].astype(np.float32), before.vectors[2].astype(np.float32), atol=1e-3)
     assert float(after.colours[2] @ before.colours[2]) < 0.5  # black before, red now
+
+
+@pytest.mark.fast
+def test_recipes_that_differ_after_the_network_share_one_pass_and_give_their_own_descriptors(extracted, tmp_path):
+    _, artifacts = _copy(extracted, tmp_path)
+    after_the_network = [dataclasses.replace(RECIPE, pooling="gap"), dataclasses.replace(RECIPE, metric="euclidean"),
+                         dataclasses.replace(RECIPE, pooling="flatten", dtype="float32")]
+    other_input = dataclasses.replace(RECIPE, geometry="stretch")
+    network = CountingNetwork()
+    together = extract_recipes(extracted.catalog, [RECIPE, *after_the_network, other_input], artifacts_dir=artifacts,
+                               progress=False, network=network)
+    # RECIPE is cached; the three others that see its input share one pass, the stretched photos need their own
+    assert network.photos == 2 * len(extracted.catalog) and [f.computed for f in together] == [0, 4, 4, 4, 4]
+    assert [f.vectors.shape[1] for f in together] == [DESCRIPTOR_SIZE, 1280, DESCRIPTOR_SIZE, 7 * 7 * 1280, DESCRIPTOR_SIZE]
+    for recipe, shared in zip([*after_the_network, other_input], together[1:]):
+        alone = extract_features(extracted.catalog, recipe, artifacts_dir=tmp_path / "alone", progress=False)
+        assert alone.computed == 4 and shared.vectors.dtype == alone.vectors.dtype, recipe.name
+        assert np.allclose(shared.vectors.astype(np.float32), alone.vectors.astype(np.float32), atol=1e-6), recipe.name
+        assert np.array_equal(shared.colours, alone.colours), recipe.name
+    again = extract_recipes(extracted.catalog, after_the_network, artifacts_dir=artifacts, progress=False, network=network)
+    assert network.photos == 2 * len(extracted.catalog) and [f.computed for f in again] == [0, 0, 0]
 
 
 @pytest.mark.fast

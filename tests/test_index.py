@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_support import hand_built_index, random_unit_vectors
+from engine_support import hand_built_index, random_colour_descriptors, random_unit_vectors
 
 from fashion_lens.ann import attach_faiss_index
 from fashion_lens.evaluation import rank_all
@@ -44,7 +44,7 @@ def tied():
     and colours under ids out of order, and product 1000 looks almost like them."""
     rng = np.random.default_rng(4)
     vectors = random_unit_vectors(rng, 40, 64)
-    colours = np.abs(random_unit_vectors(rng, 40, 16))
+    colours = random_colour_descriptors(rng, 40)
     vectors[[5, 6, 7, 8]] = vectors[5]
     colours[[0, 5, 6, 7, 8]] = colours[5]
     vectors[0] = vectors[5] + 0.05 * vectors[1]

@@ -53,8 +53,8 @@ def recipe(settings):
 
 @pytest.fixture(scope="module")
 def rows(catalog):
-    """240 real products spread over the whole catalogue (every gender and category)."""
-    return catalog.iloc[::12].head(240).reset_index(drop=True)
+    """160 real products spread over the whole catalogue (every gender and category)."""
+    return catalog.iloc[::18].head(160).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
