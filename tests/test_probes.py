@@ -1,4 +1,6 @@
-"""Attribute probes: held-out probabilities, cached with the features, refitted when labels change."""
+"""Attribute probes: held-out probabilities, cached with the features, updated when the catalogue changes."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from fashion_lens.errors import FeatureCacheWarning
 from fashion_lens.feature_cache import extract_features
 from fashion_lens.features import default_recipe
 from fashion_lens.index import build_index, describe_photo
-from fashion_lens.probes import ATTRIBUTE_PROBES, fit_attribute_probes, probe_inputs
+from fashion_lens.probes import ATTRIBUTE_FOLDS, ATTRIBUTE_PROBES, fit_attribute_probes, fit_probe, probe_inputs, stable_folds
 
 
 def _accuracy(probabilities, classes, labels):
@@ -74,3 +76,38 @@ def test_small_catalogues_and_reference_features_search_without_probes(small):
     assert build_index(catalog, features).attributes is None  # fewer than ATTRIBUTE_MIN_PRODUCTS
     forced = build_index(catalog, features, attributes=True)
     assert set(forced.attributes) == set(ATTRIBUTE_PROBES)
+
+
+def test_folds_follow_the_photo_so_copies_share_one_and_products_keep_theirs(catalog):
+    folds = stable_folds(catalog["image_sha256"])
+    copies = catalog.assign(fold=folds).groupby("duplicate_group")["fold"].nunique()
+    assert (copies == 1).all() and (catalog["is_duplicate"]).any()
+    assert np.bincount(folds, minlength=ATTRIBUTE_FOLDS).min() > len(catalog) / 8  # no fold is starved
+    fewer = catalog.sample(frac=0.5, random_state=0)  # half the catalogue leaves: the rest stay put
+    assert np.array_equal(stable_folds(fewer["image_sha256"]), folds[fewer.index.to_numpy()])
+
+
+def _subset(features, keep, cache_dir):
+    return dataclasses.replace(features, ids=features.ids[keep], vectors=features.vectors[keep],
+                               colours=features.colours[keep], cache_dir=cache_dir)
+
+
+def test_added_products_update_the_earlier_probes_as_well_as_a_fresh_fit(catalog, features, tmp_path):
+    added = np.random.default_rng(0).choice(len(features), 10, replace=False)
+    before = np.setdiff1d(np.arange(len(features)), added)
+    fit_attribute_probes(catalog, _subset(features, before, tmp_path))
+    starts = []
+
+    def fit(inputs, labels, C, classes, start):
+        starts.append(start)
+        return fit_probe(inputs, labels, C, classes, start)
+
+    everything = np.arange(len(features))
+    updated, _ = fit_attribute_probes(catalog, _subset(features, everything, tmp_path), fit=fit)
+    assert len(starts) == len(ATTRIBUTE_PROBES) * (ATTRIBUTE_FOLDS + 1) and all(s is not None for s in starts)
+    fresh, models = fit_attribute_probes(catalog, _subset(features, everything, None))
+    rows = catalog.set_index("ProductId").loc[features.ids]
+    for target, model in models.items():
+        labels = rows[target].to_numpy(dtype=str)
+        assert abs(_accuracy(updated[target], model.classes, labels) - _accuracy(fresh[target], model.classes, labels)) < 0.01
+        assert _accuracy(updated[target][added], model.classes, labels[added]) >= 0.5  # the new products too
