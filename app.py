@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -19,7 +20,7 @@ import streamlit as st
 from fashion_lens.catalog import FILTER_COLUMNS, MAX_MATCHES, find_products, gender_label, product_row
 from fashion_lens.errors import CatalogError, ImageError, SearchBackendError, SearchError, SettingsError, WeightsError
 from fashion_lens.features import load_backbone
-from fashion_lens.images import load_image, thumbnail
+from fashion_lens.images import jpeg_bytes, load_image, thumbnail
 from fashion_lens.index import DEFAULT_COLOUR_WEIGHT, Index, describe_photo, load_index
 from fashion_lens.milvus_search import sync_milvus
 from fashion_lens.search import MAX_SHOWN, doubt_note, filter_choices, product_position, search_backend, similar_products, similar_to_query
@@ -82,6 +83,18 @@ def load_search_index(data_dir: str, artifacts_dir: str, backbone: str, weights:
 def load_network(backbone: str, weights: str):
     """The backbone, built before the first photo arrives so that answering a photo is quick."""
     return load_backbone(backbone, weights)
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)  # about 15 MB: photos users come back to are served from memory
+def catalogue_thumbnail(path: str, mtime_ns: int) -> bytes:
+    """A catalogue photo's thumbnail as JPEG bytes, decoded and encoded once (keyed by the file's
+    modification time, so a replaced photo is read again). The same bytes give the browser the
+    same URL, so it does not fetch or decode a photo it has already shown."""
+    return jpeg_bytes(thumbnail(path))
+
+
+def product_thumbnail(path: str) -> bytes:
+    return catalogue_thumbnail(path, Path(path).stat().st_mtime_ns)
 
 
 def show_engine(settings: Settings, index: Index | None = None) -> None:
@@ -183,7 +196,7 @@ def show_results(results: pd.DataFrame, seconds: float, where: str, filters: dic
         for start in range(0, len(results), GRID_COLUMNS):
             for column, (_, item) in zip(st.columns(GRID_COLUMNS), results.iloc[start:start + GRID_COLUMNS].iterrows()):
                 with column:  # thumbnail: the photo upright, as its EXIF orientation says
-                    st.image(thumbnail(item["image_path"]), caption=f"{item['ProductId']} · {item['ProductTitle']}",
+                    st.image(product_thumbnail(item["image_path"]), caption=f"{item['ProductId']} · {item['ProductTitle']}",
                              width="stretch")
                     st.markdown(f"**#{item['rank']}** · similarity **{item['similarity']:.2f}**")
                     st.caption(item["why"])
@@ -207,7 +220,7 @@ def product_page(index: Index, options: dict, problem: str | None) -> None:
     where = "all genders" if across else scope_name(index, query["Gender"])
     kind = " › ".join(filter(None, (query["Category"], query["SubCategory"], query["ProductType"])))
     facts = " · ".join(filter(None, (f"`{query['ProductId']}`", query["Gender"], kind, query["Colour"], query["Usage"])))
-    show_query(thumbnail(query["image_path"]), f"Query · {query['ProductId']}", query["ProductTitle"],
+    show_query(product_thumbnail(query["image_path"]), f"Query · {query['ProductId']}", query["ProductTitle"],
                f"{facts}  \nSearching **{where}**" + (" (the product's gender)." if several and not across else "."))
     started = time.perf_counter()
     try:

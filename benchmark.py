@@ -47,7 +47,7 @@ from fashion_lens.ann import (
 )
 from fashion_lens.catalog import load_catalog
 from fashion_lens.errors import WeightsError
-from fashion_lens.evaluation import compare_methods, evaluate
+from fashion_lens.evaluation import choose_colour_weight, compare_methods, evaluate, evaluate_uploads, heldout_index
 from fashion_lens.feature_cache import Features, extract_features
 from fashion_lens.features import default_recipe, load_backbone, reference_recipe, resolve_recipe, run_network
 from fashion_lens.images import IMAGE_SIZE
@@ -57,6 +57,7 @@ from fashion_lens.probes import PROBE_DIMENSIONS, fit_attribute_probes
 from fashion_lens.search import check_colour_weight, filter_mask, rank, similar_products
 from fashion_lens.settings import BACKBONES, get_settings, show_versions
 from fashion_lens.storage import atomic_write
+from fashion_lens.tuning import TuningConfig, split_by_group, tune_network
 from fashion_lens.widget import recommender_widget
 from load_test import load_test
 from synthetic import synthetic_index, synthetic_vectors
@@ -68,7 +69,7 @@ NEIGHBOURS = 10  # recall@10
 TARGETS = {"extraction": 2.5, "memory": 12.0, "latency": 1000.0, "scale_recall": 0.95, "scale_ms": 5.0}
 IVF_PROBES = (8, 16, 32, 64)
 MILVUS_QUERIES = 50  # Milvus Lite answers in Python: a few hundred ms a query at 100k products
-SECTIONS = ("side_by_side", "speed", "app_load", "main_job", "scale", "milvus")
+SECTIONS = ("side_by_side", "speed", "app_load", "main_job", "tuned", "scale", "milvus")
 HNSW_EF = (64, 128, 256)  # efSearch: at least the 50 candidates asked for
 
 
@@ -302,7 +303,7 @@ ADDED_PRODUCTS = 10
 
 def extraction_worker(request: dict) -> dict:
     """One extraction path in this process (see extraction_paths): seconds for the photos, into an empty cache."""
-    settings = get_settings()
+    settings = get_settings(backbone=request["backbone"])
     products = load_catalog(settings.data_dir).set_index("ProductId").loc[request["ids"]].reset_index()
     recipe = resolve_recipe(default_recipe(settings))
     network = functools.partial(run_network, compiled=request["compiled"])
@@ -313,13 +314,13 @@ def extraction_worker(request: dict) -> dict:
     return {"seconds": seconds, "images": len(features)}
 
 
-def extraction_paths(products: pd.DataFrame, scratch: Path) -> dict:
+def extraction_paths(products: pd.DataFrame, settings, scratch: Path) -> dict:
     """Images/s of the project's extraction before and now, on the same photos, each path in a fresh
     process; the descriptors must agree to 1e-3."""
     figure = {"unit": "images/s", "images": len(products), "target_ratio": 1.5}
     for name, path in EXTRACTION_PATHS.items():
         print(f"  extracting {len(products)} photos, {name} ...", flush=True)
-        request = {"ids": products["ProductId"].tolist(), "compiled": path["compiled"],
+        request = {"ids": products["ProductId"].tolist(), "compiled": path["compiled"], "backbone": settings.backbone,
                    "artifacts": str(scratch / f"extraction-{name}"), "vectors": str(scratch / f"vectors-{name}.npy")}
         done = subprocess.run([sys.executable, __file__, "--extraction-worker", json.dumps(request)],
                               env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": path["TF_ENABLE_ONEDNN_OPTS"]},
@@ -396,6 +397,42 @@ def main_job(settings, quick: bool, sample: int, scratch: Path) -> dict:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             return {**figure, "skipped": f"run_notebooks.py failed ({done.returncode}): {' | '.join(tail)}"}
     figure["ratio"] = ratio(figure["first_run"], figure["rerun"])
+    return figure
+
+
+# ---------------------------------------------------------------------------
+# Tuned: the network taught the catalogue's labels, on photos no training step saw
+# ---------------------------------------------------------------------------
+
+def tuned(catalog: pd.DataFrame, settings, quick: bool) -> dict:
+    """Held-out uploads (split_by_group's test part, searched as photos within their gender) for the
+    reference, today's default and the tuned recipe, in one run. Tuning reads the training part only;
+    each colour weight is chosen on the development part. The network-only row stands beside every
+    blended one. Also: the tuning's seconds and the query time with each index."""
+    split = split_by_group(catalog)
+    config = TuningConfig(epochs=2) if quick else TuningConfig()
+    print(f"  tuning on {int((split == 'train').sum())} training products ...", flush=True)
+    network, seconds = timed(tune_network, catalog[split == "train"], settings, config=config,
+                             validation=catalog[split == "dev"], progress=False)
+    figure = {"unit": "precision@5, held-out uploads within gender", "split": split.value_counts().to_dict(),
+              "config": dataclasses.asdict(config), "tuning_s": network.manifest["seconds"], "call_s": seconds,
+              "history": network.manifest["history"], "rows": {}, "query_ms": {}}
+    recipes = {"reference": reference_recipe(settings), "default": default_recipe(settings), "tuned": network.recipe}
+    queries = catalog[split == "test"]
+    for name, recipe in recipes.items():
+        print(f"  held-out uploads, {name} ...", flush=True)
+        weights = {"network only": 0.0}
+        if name != "reference":  # raw distances do not blend
+            development = heldout_index(catalog, split, "dev", recipe, artifacts_dir=settings.artifacts_dir)
+            chosen, _ = choose_colour_weight(development, catalog[split == "dev"])
+            weights[f"w = {chosen:g} (chosen on dev)"] = chosen
+            if name == "default":
+                weights[f"w = {DEFAULT_COLOUR_WEIGHT:g} (today's default)"] = DEFAULT_COLOUR_WEIGHT
+        index = heldout_index(catalog, split, "test", recipe, artifacts_dir=settings.artifacts_dir)
+        for row, scores in evaluate_uploads(index, queries, colour_weights=weights).iterrows():
+            figure["rows"][f"{name}, {row}"] = {column: float(value) for column, value in scores.items()}
+        ids = index.catalog["ProductId"].sample(200, random_state=0).tolist()
+        figure["query_ms"][name] = latencies_ms(lambda product_id, index=index: similar_products(index, product_id, k=NEIGHBOURS), ids)
     return figure
 
 
@@ -712,6 +749,14 @@ def print_table(data: dict) -> None:
                 "", "<= 4000")
             for chapter, seconds in f.get("first_run_chapters", {}).items():
                 add(f"  chapter {chapter}, s: first run / rerun", "", f"{seconds} / {f['rerun_chapters'].get(chapter, '?')}", "")
+    if "tuned" in figures:
+        f = figures["tuned"]
+        columns = ["P@5 SubCategory", "P@5 ProductType", "P@5 Colour", "P@5 ProductType and Colour"]
+        add(f"held-out uploads ({f['split'].get('test', 0)} test photos): {' / '.join(c[4:] for c in columns)}", "", "", "")
+        for name, row in f["rows"].items():
+            add(f"  {name}", "", " / ".join(f"{row[c]:.3f}" for c in columns), "")
+        add("tuning, s (on the training part)", "", f"{f['tuning_s']:.0f}", "", "<= 900")
+        add("query, ms median: default / tuned", "", f"{f['query_ms']['default']['median']:.2f} / {f['query_ms']['tuned']['median']:.2f}", "")
     if "scale" in figures:
         f = figures["scale"]
         for size, entry in f["sizes"].items():
@@ -821,13 +866,15 @@ def main(argv=None) -> int:
             report.add("quality", quality(article_index, project_index))
             del article_index
         if "speed" not in skip:
-            report.add("extraction_paths", extraction_paths(products, scratch))
+            report.add("extraction_paths", extraction_paths(products, settings, scratch))
             report.add("probes", probe_fitting(catalog, settings, scratch))
         if "app_load" not in skip:
             print("  the app under load: 20 users for 60 s ...", flush=True)
-            report.add("app_load", {**load_test(users=20, seconds=60), "target_p95_ms": 300})
+            report.add("app_load", {**load_test(users=20, seconds=60, settings=settings), "target_p95_ms": 300})
         if "main_job" not in skip:
             report.add("main_job", main_job(settings, arguments.quick, 20, scratch))
+        if "tuned" not in skip:
+            report.add("tuned", tuned(products, settings, arguments.quick))
         if {"scale", "milvus"} - skip:
             # the synthetic catalogues grow from the whole catalogue's descriptors (cached in the
             # project's artifacts folder, computed there once if missing)

@@ -37,7 +37,16 @@ from fashion_lens.display import (
     show_ranked_queries,
     show_samples,
 )
-from fashion_lens.evaluation import RELEVANCE, compare_methods, evaluate, rank_all, relevance_matrix
+from fashion_lens.evaluation import (
+    RELEVANCE,
+    choose_colour_weight,
+    compare_methods,
+    evaluate,
+    evaluate_uploads,
+    heldout_index,
+    rank_all,
+    relevance_matrix,
+)
 from fashion_lens.feature_cache import extract_features, extract_recipes
 from fashion_lens.features import (
     GEOMETRIES,
@@ -55,6 +64,7 @@ from fashion_lens.index import build_index, load_index
 from fashion_lens.milvus_search import sync_milvus
 from fashion_lens.search import SearchOptions, search_backend, similar_products, similar_to_image
 from fashion_lens.settings import RANDOM_WEIGHTS, get_settings
+from fashion_lens.tuning import TuningConfig, split_by_group, tune_network
 from fashion_lens.widget import recommender_widget
 
 __all__ = [
@@ -72,6 +82,8 @@ __all__ = [
     "sync_milvus", "search_backend",
     # evaluation
     "evaluate", "compare_methods", "rank_all", "relevance_matrix", "RELEVANCE",
+    # teaching the network the catalogue, measured on held-out photos
+    "split_by_group", "tune_network", "TuningConfig", "heldout_index", "evaluate_uploads", "choose_colour_weight",
     # display and the widget
     "show_products", "show_samples", "show_geometries", "count_plot", "interactive_count_plot",
     "category_heatmap", "embedding_map", "precision_chart", "metric_curves", "show_ranked_queries",

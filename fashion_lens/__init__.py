@@ -3,11 +3,11 @@
 One module per stage, in the order the data flows; each imports only the stages before it:
 
     errors -> settings -> storage -> images -> colour -> catalog_layout -> catalog -> features -> feature_cache
-    -> probes -> index -> ann -> milvus_search -> search -> evaluation -> display -> widget
+    -> tuning -> probes -> index -> ann -> milvus_search -> search -> evaluation -> display -> widget
 
 Importing the package loads neither TensorFlow, FAISS nor pymilvus: the functions that need them import
 them when called. The notebooks use the short front door `helpers.py` at the project's root.
 """
 
 STAGES = ("errors", "settings", "storage", "images", "colour", "catalog_layout", "catalog", "features", "feature_cache",
-          "probes", "index", "ann", "milvus_search", "search", "evaluation", "display", "widget")
+          "tuning", "probes", "index", "ann", "milvus_search", "search", "evaluation", "display", "widget")

@@ -1,12 +1,21 @@
-"""Evaluation: every product is a query; a result is relevant when it shares the query's labels."""
+"""Evaluation: a result is relevant when it shares the query's labels.
+
+Two protocols. `evaluate`: every catalogue product is a query (its own labels never enter its
+score: the probes' probabilities are out-of-fold). `evaluate_uploads`: products held out of the
+index (split_by_group's dev or test part) are searched by their photo, as a shopper's upload; the
+protocol for anything trained on the labels, such as a tuned network.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .index import Index, pair_similarities, product_query, top_k
-from .search import check_colour_weight
+from .errors import SettingsError
+from .feature_cache import extract_features
+from .features import FeatureRecipe
+from .index import Index, build_index, describe_photo, pair_similarities, product_query, top_k
+from .search import check_colour_weight, similar_to_query
 
 # A result is relevant when it shares these columns with the query.
 RELEVANCE = {
@@ -97,6 +106,67 @@ def compare_methods(methods: dict, k: int = 5) -> pd.DataFrame:
         rows[name] = evaluate(index, k, colour_weight)
     return pd.DataFrame(rows).T
 
+
+
+# Which products an index holds when the held-out part is searched: the development part is
+# searched against the training products only; the test part against training and development.
+INDEXED_PARTS = {"dev": ("train",), "test": ("train", "dev")}
+
+
+def heldout_index(catalog: pd.DataFrame, split: pd.Series, part: str, recipe: FeatureRecipe, artifacts_dir=None,
+                  progress: bool = False) -> Index:
+    """The index the `part` ("dev" or "test") of split_by_group is searched against: the other
+    parts (INDEXED_PARTS), with their own probes; the held-out photos are not in it."""
+    if part not in INDEXED_PARTS:
+        raise SettingsError(f"part must be one of {', '.join(INDEXED_PARTS)}, not {part!r}.")
+    indexed = catalog[split.isin(INDEXED_PARTS[part])].reset_index(drop=True)
+    return build_index(indexed, extract_features(indexed, recipe, artifacts_dir=artifacts_dir, progress=progress))
+
+
+def evaluate_uploads(index: Index, queries: pd.DataFrame, k: int = 5,
+                     colour_weights: dict[str, float | None] | None = None) -> pd.DataFrame:
+    """precision@k of held-out photos searched as uploads (describe_photo, then within the query's
+    gender), one row per colour weight: {row name: weight}, by default the network alone (0) and
+    the project's default. The index must not hold any query's photo (build it with heldout_index).
+
+    >>> evaluate_uploads(heldout_index(catalog, split, "test", recipe), catalog[split == "test"])  # doctest: +SKIP
+    """
+    seen = set(index.catalog["image_sha256"])
+    leaked = queries["ProductId"][queries["image_sha256"].isin(seen)].tolist()
+    if leaked:
+        raise SettingsError(f"{len(leaked)} query photo(s) are also in the index (e.g. {leaked[:3]}): held-out "
+                            "queries must be left out of it, copies included (use split_by_group and heldout_index).")
+    if colour_weights is None:
+        colour_weights = {"network only (w = 0)": 0.0, "default": None}
+    if index.metric == "euclidean":  # raw distances do not blend: only the network's ranking exists
+        colour_weights = {name: weight for name, weight in colour_weights.items() if weight == 0.0}
+    hits = {name: {relevance: [] for relevance in RELEVANCE} for name in colour_weights}
+    labels = index.catalog.set_index("ProductId")
+    for _, query_row in queries.iterrows():
+        if query_row["Gender"] not in index.gender_rows:
+            continue
+        query = describe_photo(index, query_row["image_path"])
+        for name, weight in colour_weights.items():
+            found = similar_to_query(index, query, k, gender=query_row["Gender"], colour_weight=weight)
+            results = labels.loc[found["ProductId"]]
+            for relevance, columns in RELEVANCE.items():
+                shares = np.ones(len(results), dtype=bool)
+                for column in columns:
+                    shares &= results[column].to_numpy() == query_row[column]
+                hits[name][relevance].append(np.pad(shares, (0, k - len(shares))).mean())
+    return pd.DataFrame({name: {f"P@{k} {relevance}": float(np.mean(values)) if values else float("nan")
+                                for relevance, values in by_relevance.items()}
+                         for name, by_relevance in hits.items()}).T
+
+
+
+def choose_colour_weight(index: Index, queries: pd.DataFrame, k: int = 5, weights=(0.0, 0.2, 0.4, 0.6, 0.8),
+                         relevance: str = "ProductType and Colour") -> tuple[float, pd.DataFrame]:
+    """The colour weight whose held-out uploads score best on `relevance`, and the table it was read
+    from: run it on the development part, then report the weight on the test part."""
+    table = evaluate_uploads(index, queries, k, {f"w = {weight:g}": weight for weight in weights})
+    best = table[f"P@{k} {relevance}"].idxmax()
+    return float(best.removeprefix("w = ")), table
 
 
 _GREY_LEVELS = ("dark grey", "grey", "light grey")
