@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from fashion_lens.settings import BACKBONES, ENVIRONMENT_VARIABLES, get_settings
+from fashion_lens.features import KERAS_WEIGHT_FILES, keras_cache_dir
+from fashion_lens.settings import BACKBONES, ENVIRONMENT_VARIABLES, Settings, get_settings, show_versions
 from fashion_lens.storage import atomic_write, writable_dir
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -132,6 +135,30 @@ def run_notebook(path: Path, output_dir: Path, parameters: dict, kernel_name: st
     return outputs
 
 
+def inputs_fingerprint(path: Path, parameters: dict, settings: Settings) -> str:
+    """A digest of everything a chapter's output depends on (see the module's docstring)."""
+    digest = hashlib.sha256(path.read_bytes())
+    digest.update(json.dumps({"parameters": parameters, "settings": settings, "versions": show_versions()},
+                             sort_keys=True, default=str).encode())
+    for source in sorted((PROJECT_DIR / "fashion_lens").glob("*.py")) + [PROJECT_DIR / "helpers.py"]:
+        digest.update(source.read_bytes())
+    weights = Path(settings.weights) if settings.weights not in ("imagenet", "random") \
+        else keras_cache_dir() / KERAS_WEIGHT_FILES[settings.backbone]
+    files = sorted(settings.data_dir.rglob("*")) + [weights]
+    for file in files:  # size and modification time: a changed photo or table is noticed without reading it
+        if file.is_file():
+            stat = file.stat()
+            digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def up_to_date(path: Path, output_dir: Path, fingerprint: str) -> bool:
+    """Did this chapter run successfully, with these very inputs, into output_dir?"""
+    record = output_dir / f".{path.stem}.inputs"
+    return (record.is_file() and record.read_text() == fingerprint and (output_dir / path.name).is_file()
+            and (output_dir / f"{path.stem}.html").is_file())
+
+
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", type=int, default=None, metavar="N",
@@ -143,6 +170,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="where the executed notebooks go (default: <artifacts>/notebooks)")
     parser.add_argument("--notebooks", type=Path, default=NOTEBOOK_DIR, metavar="FOLDER",
                         help="the folder of numbered chapters to run (default: notebooks/)")
+    parser.add_argument("--force", action="store_true",
+                        help="run every chapter, even those whose inputs did not change since their last run")
     arguments = parser.parse_args(argv)
     if arguments.sample is not None and arguments.sample < 1:
         parser.error(f"--sample must be 1 or more products per gender (got {arguments.sample}); leave it out for the whole catalogue.")
@@ -161,18 +190,27 @@ def main(argv=None) -> int:
     (output_dir / "kernels.log").unlink(missing_ok=True)  # this run's messages only
     scope = f"{arguments.sample} products per gender" if arguments.sample else "the whole catalogue"
     print(f"Running {len(paths)} notebook(s) on {scope}, backbone {settings.backbone}, into {output_dir}", flush=True)
-    started = time.perf_counter()
+    started, current = time.perf_counter(), 0
     for path in paths:
         start = time.perf_counter()
         print(f"  {path.name} ...", end=" ", flush=True)
+        fingerprint = inputs_fingerprint(path, parameters, settings)
+        if not arguments.force and up_to_date(path, output_dir, fingerprint):
+            print("up to date (its inputs did not change since its last run; --force runs it again)", flush=True)
+            current += 1
+            continue
+        (output_dir / f".{path.stem}.inputs").unlink(missing_ok=True)
         try:
             run_notebook(path, output_dir, parameters, kernel_name)
         except NotebookFailed as error:
             print("FAILED", flush=True)
             print(f"\n{error}", file=sys.stderr)
             return 1
+        with atomic_write(output_dir / f".{path.stem}.inputs", "w") as record:
+            record.write(fingerprint)
         print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
-    print(f"All {len(paths)} notebook(s) in {time.perf_counter() - started:.0f} s")
+    print(f"All {len(paths)} notebook(s) in {time.perf_counter() - started:.0f} s"
+          + (f" ({current} up to date, not run again)" if current else ""))
     print(f"\nExecuted notebooks and HTML copies: {output_dir} (the kernels' own messages: kernels.log)")
     print(f"  open {output_dir / (paths[0].stem + '.html')} in a browser to read them")
     print("To run and explore them yourself: make lab   (JupyterLab on notebooks/)")

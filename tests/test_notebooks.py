@@ -130,6 +130,38 @@ def test_a_failing_notebook_stops_the_run_naming_the_notebook_and_the_cell(tmp_p
     assert not list(output.glob(".*.running.ipynb"))
 
 
+def test_a_rerun_executes_only_the_chapters_whose_inputs_changed(tmp_path, capsys):
+    import nbformat
+
+    folder, output = tmp_path / "notebooks", tmp_path / "out"
+    folder.mkdir()
+    for name in ("01_first", "02_second"):
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\nstarted = time.time()")])
+        notebook.cells[0].metadata["tags"] = ["parameters"]
+        nbformat.write(notebook, folder / f"{name}.ipynb")
+    arguments = ["--output", str(output), "--notebooks", str(folder)]
+
+    def executed_at():  # an executed notebook is rewritten only when it runs
+        return {name: (output / f"{name}.ipynb").stat().st_mtime_ns for name in ("01_first", "02_second")}
+
+    assert run_notebooks.main(arguments) == 0
+    first = executed_at()
+    assert run_notebooks.main(arguments) == 0
+    assert capsys.readouterr().out.count("up to date") == 2 and executed_at() == first
+
+    changed = read(folder / "02_second.ipynb")
+    changed.cells[0].source += "\nx = 1"
+    nbformat.write(changed, folder / "02_second.ipynb")
+    assert run_notebooks.main(arguments) == 0
+    again = executed_at()
+    assert capsys.readouterr().out.count("up to date") == 1
+    assert again["01_first"] == first["01_first"] and again["02_second"] != first["02_second"]
+
+    assert run_notebooks.main([*arguments, "--force"]) == 0
+    assert "up to date" not in capsys.readouterr().out
+    assert all(executed_at()[name] != again[name] for name in again)
+
+
 # ---- every chapter runs on real photos with the real weights -------------------------------------
 
 @pytest.fixture(scope="module")
