@@ -83,6 +83,17 @@ def test_notebook_opens_like_a_chapter_and_ends_with_takeaways_and_the_next_link
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
+def test_notebook_has_exercises_before_its_takeaways(path):
+    cells = read(path).cells
+    exercises = [number for number, cell in enumerate(cells) if cell.cell_type == "markdown"
+                 and cell.source.startswith("## Exercises")]
+    takeaways = [number for number, cell in enumerate(cells) if cell.cell_type == "markdown" and "**Takeaways**" in cell.source]
+    assert len(exercises) == 1 and exercises[0] < takeaways[0], f"{path.name}: one Exercises section, before the Takeaways"
+    items = re.findall(r"^\d\. \*\*", cells[exercises[0]].source, re.M)
+    assert 3 <= len(items) <= 5, f"{path.name}: three to five exercises, found {len(items)}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
 def test_notebook_defines_no_function_or_class_logic_belongs_in_helpers(path):
     for number, cell in enumerate(read(path).cells, start=1):
         if cell.cell_type != "code":
@@ -147,14 +158,14 @@ def test_a_rerun_executes_only_the_chapters_whose_inputs_changed(tmp_path, capsy
     assert run_notebooks.main(arguments) == 0
     first = executed_at()
     assert run_notebooks.main(arguments) == 0
-    assert capsys.readouterr().out.count("up to date") == 2 and executed_at() == first
+    assert capsys.readouterr().out.count("up to date (its inputs") == 2 and executed_at() == first
 
     changed = read(folder / "02_second.ipynb")
     changed.cells[0].source += "\nx = 1"
     nbformat.write(changed, folder / "02_second.ipynb")
     assert run_notebooks.main(arguments) == 0
     again = executed_at()
-    assert capsys.readouterr().out.count("up to date") == 1
+    assert capsys.readouterr().out.count("up to date (its inputs") == 1
     assert again["01_first"] == first["01_first"] and again["02_second"] != first["02_second"]
 
     assert run_notebooks.main([*arguments, "--force"]) == 0
