@@ -105,6 +105,14 @@ def test_notebook_defines_no_function_or_class_logic_belongs_in_helpers(path):
         assert not defined, f"{path.name} cell {number} defines {defined}: put that logic in helpers.py"
 
 
+def test_the_recommender_chapter_ranks_from_scratch_and_checks_it_against_the_engine():
+    """The numpy cell's assert runs whenever the chapter does (test_notebook_runs_headless...)."""
+    notebook = read(Path(run_notebooks.NOTEBOOK_DIR) / "04_recommender.ipynb")
+    scratch = [cell.source for cell in code_cells(notebook) if "np.lexsort" in cell.source]
+    assert len(scratch) == 1 and "V[rows] @ q" in scratch[0] and "np.linalg.norm" in scratch[0]
+    assert "assert list(by_cosine) == list(by_distance) == list(engine)" in scratch[0]
+
+
 def test_the_recommender_chapter_ends_with_the_interactive_widget():
     notebook = read(Path(run_notebooks.NOTEBOOK_DIR) / "04_recommender.ipynb")
     assert code_cells(notebook)[-1].source == "widget = h.recommender_widget(index)\nwidget"
