@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from fashion_lens.features import KERAS_WEIGHT_FILES, keras_cache_dir
-from fashion_lens.settings import BACKBONES, ENVIRONMENT_VARIABLES, Settings, get_settings, show_versions
+from fashion_lens.features import weights_file
+from fashion_lens.settings import BACKBONES, ENVIRONMENT_VARIABLES, RANDOM_WEIGHTS, Settings, get_settings, show_versions
 from fashion_lens.storage import atomic_write, writable_dir
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -135,21 +135,26 @@ def run_notebook(path: Path, output_dir: Path, parameters: dict, kernel_name: st
     return outputs
 
 
-def inputs_fingerprint(path: Path, parameters: dict, settings: Settings) -> str:
-    """A digest of everything a chapter's output depends on (see the module's docstring)."""
-    digest = hashlib.sha256(path.read_bytes())
-    digest.update(json.dumps({"parameters": parameters, "settings": settings, "versions": show_versions()},
-                             sort_keys=True, default=str).encode())
+def shared_inputs(parameters: dict, settings: Settings) -> str:
+    """A digest of what every chapter's output depends on (see the module's docstring), but the
+    notebook itself: computed once per run."""
+    digest = hashlib.sha256(json.dumps({"parameters": parameters, "settings": settings, "versions": show_versions()},
+                                       sort_keys=True, default=str).encode())
     for source in sorted((PROJECT_DIR / "fashion_lens").glob("*.py")) + [PROJECT_DIR / "helpers.py"]:
         digest.update(source.read_bytes())
-    weights = Path(settings.weights) if settings.weights not in ("imagenet", "random") \
-        else keras_cache_dir() / KERAS_WEIGHT_FILES[settings.backbone]
-    files = sorted(settings.data_dir.rglob("*")) + [weights]
+    files = sorted(settings.data_dir.rglob("*"))
+    if settings.weights != RANDOM_WEIGHTS:
+        files.append(weights_file(settings.backbone, settings.weights))
     for file in files:  # size and modification time: a changed photo or table is noticed without reading it
         if file.is_file():
             stat = file.stat()
             digest.update(f"{file}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def inputs_fingerprint(path: Path, shared: str) -> str:
+    """A digest of everything one chapter's output depends on: the notebook and the shared inputs."""
+    return hashlib.sha256(path.read_bytes() + shared.encode()).hexdigest()
 
 
 def up_to_date(path: Path, output_dir: Path, fingerprint: str) -> bool:
@@ -191,10 +196,11 @@ def main(argv=None) -> int:
     scope = f"{arguments.sample} products per gender" if arguments.sample else "the whole catalogue"
     print(f"Running {len(paths)} notebook(s) on {scope}, backbone {settings.backbone}, into {output_dir}", flush=True)
     started, current = time.perf_counter(), 0
+    shared = shared_inputs(parameters, settings)
     for path in paths:
         start = time.perf_counter()
         print(f"  {path.name} ...", end=" ", flush=True)
-        fingerprint = inputs_fingerprint(path, parameters, settings)
+        fingerprint = inputs_fingerprint(path, shared)
         if not arguments.force and up_to_date(path, output_dir, fingerprint):
             print("up to date (its inputs did not change since its last run; --force runs it again)", flush=True)
             current += 1

@@ -164,9 +164,9 @@ def choose_colour_weight(index: Index, queries: pd.DataFrame, k: int = 5, weight
                          relevance: str = "ProductType and Colour") -> tuple[float, pd.DataFrame]:
     """The colour weight whose held-out uploads score best on `relevance`, and the table it was read
     from: run it on the development part, then report the weight on the test part."""
-    table = evaluate_uploads(index, queries, k, {f"w = {weight:g}": weight for weight in weights})
-    best = table[f"P@{k} {relevance}"].idxmax()
-    return float(best.removeprefix("w = ")), table
+    named = {f"w = {weight:g}": weight for weight in weights}
+    table = evaluate_uploads(index, queries, k, named)
+    return float(named[table[f"P@{k} {relevance}"].idxmax()]), table
 
 
 _GREY_LEVELS = ("dark grey", "grey", "light grey")

@@ -115,6 +115,11 @@ def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME") or home / ".keras") / "models"
 
 
+def weights_file(backbone: str, weights: str) -> Path:
+    """Where the weights setting's file is: the given path, or the ImageNet file in the Keras cache."""
+    return Path(weights) if weights != "imagenet" else keras_cache_dir() / KERAS_WEIGHT_FILES[backbone]
+
+
 def resolve_recipe(recipe: FeatureRecipe) -> FeatureRecipe:
     """The recipe with `weights_id` filled in: the weights file's name and hash, so that a cache
     is never reused with other weights (downloads the ImageNet file first when it is missing)."""
@@ -122,7 +127,7 @@ def resolve_recipe(recipe: FeatureRecipe) -> FeatureRecipe:
         return recipe
     if recipe.weights == RANDOM_WEIGHTS:
         return dataclasses.replace(recipe, weights_id=RANDOM_WEIGHTS)
-    path = Path(recipe.weights) if recipe.weights != "imagenet" else keras_cache_dir() / KERAS_WEIGHT_FILES[recipe.backbone]
+    path = weights_file(recipe.backbone, recipe.weights)
     if not path.is_file():
         load_backbone(recipe.backbone, recipe.weights)  # downloads into the Keras cache, or explains why not
     return dataclasses.replace(recipe, weights_id=f"{path.name}:sha256={file_sha256(path)[:16]}")
