@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup data demo test test-fast lab app bench lint clean
+.PHONY: setup data demo book test test-fast lab app bench lint clean
 
 setup: $(INSTALLED)
 
@@ -22,6 +22,11 @@ data: setup  ## get the catalogue into data/fashion (or check the folder FASHION
 
 demo: data  ## the main job: data, features, every notebook executed into artifacts/notebooks
 	$(BIN)/python run_notebooks.py
+
+# Not `book: demo`: the book shows whatever run_notebooks.py executed last (the whole catalogue or a
+# --sample run) and never executes anything; without executed chapters it says what to run first.
+book: setup  ## the executed chapters as a static site in artifacts/book (open artifacts/book/index.html); run `make demo` first
+	$(BIN)/python build_book.py
 
 test: setup  ## the whole test suite on the real catalogue (tests whose inputs are missing skip, and the run says how to get them)
 	$(BIN)/python -m pytest

@@ -10,6 +10,9 @@ All ranking and loading lives in the package fashion_lens; this file is only the
 
 from __future__ import annotations
 
+import functools
+import gc
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -20,7 +23,7 @@ import streamlit as st
 from fashion_lens.catalog import FILTER_COLUMNS, MAX_MATCHES, find_products, gender_label, product_row
 from fashion_lens.errors import CatalogError, ImageError, SearchBackendError, SearchError, SettingsError, WeightsError
 from fashion_lens.features import load_backbone
-from fashion_lens.images import jpeg_bytes, load_image, thumbnail
+from fashion_lens.images import build_thumbnails, load_image, stored_thumbnail, thumbnail, thumbnail_store
 from fashion_lens.index import DEFAULT_COLOUR_WEIGHT, Index, describe_photo, load_index
 from fashion_lens.milvus_search import sync_milvus
 from fashion_lens.search import MAX_SHOWN, doubt_note, filter_choices, product_position, search_backend, similar_products, similar_to_query
@@ -76,25 +79,51 @@ def load_search_index(data_dir: str, artifacts_dir: str, backbone: str, weights:
         if progress["bar"] is not None:
             progress["bar"].empty()
     notes = [str(warning.message) for warning in caught if issubclass(warning.category, UserWarning)]
+    keep_out_of_collections()
     return index, notes
 
 
 @st.cache_resource(show_spinner="Preparing the network for photos (first photo only)…")
 def load_network(backbone: str, weights: str):
     """The backbone, built before the first photo arrives so that answering a photo is quick."""
-    return load_backbone(backbone, weights)
+    network = load_backbone(backbone, weights)
+    keep_out_of_collections()
+    return network
+
+
+def keep_out_of_collections() -> None:
+    """Leave what the process holds for good (modules, the catalogue and its index, the network)
+    out of the garbage collector's future passes. A full collection over these long-lived objects
+    takes about 100 ms of CPU, holding the GIL: Streamlit's own after every run is switched off
+    (.streamlit/config.toml, runner.postScriptGC), and Python's automatic ones skip them."""
+    gc.collect()
+    gc.freeze()
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)  # about 15 MB: photos users come back to are served from memory
-def catalogue_thumbnail(path: str, mtime_ns: int) -> bytes:
-    """A catalogue photo's thumbnail as JPEG bytes, decoded and encoded once (keyed by the file's
-    modification time, so a replaced photo is read again). The same bytes give the browser the
-    same URL, so it does not fetch or decode a photo it has already shown."""
-    return jpeg_bytes(thumbnail(path))
+def catalogue_thumbnail(path: str, mtime_ns: int, store: str) -> bytes:
+    """A catalogue photo's thumbnail as JPEG bytes, made once into the thumbnail store (keyed by the
+    file's modification time, so a replaced photo is read again). The same bytes give the browser
+    the same URL, so it does not fetch or decode a photo it has already shown."""
+    return stored_thumbnail(path, store)
+
+
+@functools.cache  # the settings are read once per process, from its environment
+def thumbnail_dir() -> str:
+    return str(thumbnail_store(get_settings().artifacts_dir))
 
 
 def product_thumbnail(path: str) -> bytes:
-    return catalogue_thumbnail(path, Path(path).stat().st_mtime_ns)
+    return catalogue_thumbnail(path, Path(path).stat().st_mtime_ns, thumbnail_dir())
+
+
+@st.cache_resource(show_spinner=False)
+def start_thumbnails(paths: tuple[str, ...]) -> threading.Thread:
+    """Make the catalogue's missing thumbnails once, in the background, after the first start: later
+    answers read them from the store instead of decoding photos (a restart finds them ready)."""
+    worker = threading.Thread(target=build_thumbnails, args=(paths, thumbnail_dir()), name="thumbnails", daemon=True)
+    worker.start()
+    return worker
 
 
 def show_engine(settings: Settings, index: Index | None = None) -> None:
@@ -158,8 +187,8 @@ def pick_product(index: Index) -> pd.Series | None:
         st.warning("Enter a ProductId (for example "
                    f"{index.catalog['ProductId'].iloc[0]}) or a few words from a product title.")
         return None
-    matches = find_products(index.catalog, text, limit=MAX_MATCHES)
     is_id = text in index.positions or text in index.left_out
+    matches = None if is_id else find_products(index.catalog, text, limit=MAX_MATCHES)
     if is_id or (matches.empty and len(text.split()) == 1 and any(char.isdigit() for char in text)):
         try:  # an id, or one word with digits that matches nothing: say why it is not there
             return index.catalog.loc[product_position(index, text)]
@@ -206,6 +235,7 @@ def show_results(results: pd.DataFrame, seconds: float, where: str, filters: dic
                      hide_index=True, key="results_table")
 
 
+@st.fragment  # a new query reruns this page only, not the title, the sidebar and the mode switch above it
 def product_page(index: Index, options: dict, problem: str | None) -> None:
     box, switch = st.columns([3, 1], vertical_alignment="bottom")
     with box:
@@ -242,7 +272,7 @@ def photo_page(index: Index, options: dict, problem: str | None, settings: Setti
         st.error(problem)
         return
     try:
-        load_network(settings.backbone, settings.weights)
+        load_network(index.recipe.backbone, index.recipe.weights)
     except WeightsError as error:
         st.error(str(error))
         return
@@ -295,6 +325,7 @@ def main() -> None:
         show_engine(settings)
         st.error(str(error))
         return
+    start_thumbnails(tuple(index.catalog["image_path"]))
     options, problem = search_options(index)
     show_engine(settings, index)
     for note in notes:

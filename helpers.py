@@ -26,6 +26,7 @@ from fashion_lens.catalog import (
 )
 from fashion_lens.display import (
     category_heatmap,
+    confusion_heatmap,
     count_plot,
     embedding_map,
     interactive_count_plot,
@@ -36,17 +37,24 @@ from fashion_lens.display import (
     show_products,
     show_ranked_queries,
     show_samples,
+    show_similarity_maps,
+    show_source,
 )
 from fashion_lens.evaluation import (
+    FAILURE_REASONS,
     RELEVANCE,
     choose_colour_weight,
     compare_methods,
+    confusion_table,
     evaluate,
     evaluate_uploads,
+    failure_reasons,
     heldout_index,
+    query_halves,
     rank_all,
     relevance_matrix,
 )
+from fashion_lens.explain import similarity_map, similarity_maps
 from fashion_lens.feature_cache import extract_features, extract_recipes
 from fashion_lens.features import (
     GEOMETRIES,
@@ -56,15 +64,17 @@ from fashion_lens.features import (
     FeatureRecipe,
     default_recipe,
     load_backbone,
+    one_change_path,
     preprocess_batch,
     reference_recipe,
 )
 from fashion_lens.images import load_image, to_square
-from fashion_lens.index import build_index, load_index
+from fashion_lens.index import DEFAULT_COLOUR_WEIGHT, build_index, load_index
 from fashion_lens.milvus_search import sync_milvus
+from fashion_lens.probes import ATTRIBUTE_MIN_PRODUCTS, probe_accuracy, probe_guesses
 from fashion_lens.search import SearchOptions, search_backend, similar_products, similar_to_image
 from fashion_lens.settings import RANDOM_WEIGHTS, get_settings
-from fashion_lens.tuning import TuningConfig, split_by_group, tune_network
+from fashion_lens.tuning import TuningConfig, serving_recipe, split_by_group, tune_network
 from fashion_lens.widget import recommender_widget
 
 __all__ = [
@@ -75,17 +85,20 @@ __all__ = [
     "GENDERS", "GENDER_FOLDERS", "METADATA_COLUMNS",
     # photos and features
     "load_image", "to_square", "load_backbone", "preprocess_batch", "FeatureRecipe", "default_recipe", "reference_recipe",
-    "extract_features", "extract_recipes",
+    "extract_features", "extract_recipes", "one_change_path",
     "GEOMETRIES", "PREPROCESSINGS", "POOLINGS", "METRICS",
     # index and search
     "build_index", "load_index", "similar_products", "similar_to_image", "SearchOptions",
-    "sync_milvus", "search_backend",
+    "sync_milvus", "search_backend", "DEFAULT_COLOUR_WEIGHT", "probe_accuracy", "probe_guesses", "ATTRIBUTE_MIN_PRODUCTS",
     # evaluation
-    "evaluate", "compare_methods", "rank_all", "relevance_matrix", "RELEVANCE",
+    "evaluate", "compare_methods", "rank_all", "relevance_matrix", "RELEVANCE", "query_halves",
     # teaching the network the catalogue, measured on held-out photos
-    "split_by_group", "tune_network", "TuningConfig", "heldout_index", "evaluate_uploads", "choose_colour_weight",
+    "split_by_group", "tune_network", "TuningConfig", "serving_recipe", "heldout_index", "evaluate_uploads", "choose_colour_weight",
     # display and the widget
     "show_products", "show_samples", "show_geometries", "count_plot", "interactive_count_plot",
-    "category_heatmap", "embedding_map", "precision_chart", "metric_curves", "show_ranked_queries",
+    "category_heatmap", "embedding_map", "precision_chart", "metric_curves", "show_ranked_queries", "show_source",
     "recommender_widget",
+    # why the worst queries fail, and what the network looks at
+    "failure_reasons", "FAILURE_REASONS", "confusion_table", "confusion_heatmap", "similarity_map", "similarity_maps",
+    "show_similarity_maps",
 ]

@@ -109,6 +109,9 @@ def run_notebook(path: Path, output_dir: Path, parameters: dict, kernel_name: st
         with kernel_messages_to(output_dir / "kernels.log"):
             papermill.execute_notebook(str(path), str(running), parameters=parameters, kernel_name=kernel_name,
                                        language="python", cwd=str(path.parent), progress_bar=False, log_output=False,
+                                       # no saved widget state: read without a kernel (HTML, the book), the
+                                       # recommender leaves its still picture and progress bars their text
+                                       store_widget_state=False,
                                        # TensorFlow's start-up notices go to the log, not into the cells
                                        extra_arguments=["--IPKernelApp.capture_fd_output=False"])
     except PapermillExecutionError as error:

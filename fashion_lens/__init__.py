@@ -10,4 +10,4 @@ them when called. The notebooks use the short front door `helpers.py` at the pro
 """
 
 STAGES = ("errors", "settings", "storage", "images", "colour", "catalog_layout", "catalog", "features", "feature_cache",
-          "tuning", "probes", "index", "ann", "milvus_search", "search", "evaluation", "display", "widget")
+          "tuning", "probes", "index", "ann", "milvus_search", "search", "evaluation", "explain", "display", "widget")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from .catalog import FILTER_COLUMNS, genders_of
 from .errors import SettingsError
+from .explain import cell_similarities, maps_of_squares, network_inputs
+from .features import run_network
 from .images import GEOMETRIES, IMAGE_SIZE, load_image, thumbnail, to_square
 from .index import Index
+from .search import product_position, similar_products
 from .settings import show_versions
 
 
@@ -284,3 +289,93 @@ def show_ranked_queries(index: Index, ranks: np.ndarray, queries, columns=("Prod
     plt.close(figure)
     return figure
 
+
+
+def show_source(path, *names: str):
+    """The code of the top-level functions `names` of a Python file, as a highlighted block: a
+    chapter quotes the project's own code (app.py, say) and stays true when the code changes."""
+    import ast
+
+    from IPython.display import Markdown
+
+    source = Path(path).read_text(encoding="utf-8")
+    found = {node.name: node for node in ast.parse(source).body
+             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise ValueError(f"{path} defines no top-level {', '.join(missing)}; it defines {', '.join(found)}.")
+    lines = source.splitlines()
+    blocks = []
+    for name in names:
+        node = found[name]
+        start = min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)])
+        blocks.append("\n".join(lines[start - 1:node.end_lineno]))
+    return Markdown("```python\n" + "\n\n\n".join(blocks) + "\n```")
+
+
+
+def confusion_heatmap(table: pd.DataFrame, title: str | None = None):
+    """A heatmap of evaluation.confusion_table: one row per query type, the share of its queries'
+    top-k places held by each result type (diagonal: the type's precision@k), shares of 1 % and
+    more written in percent. Row labels give the number of queries when the table holds them."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if table.empty:
+        raise ValueError("The confusion table is empty: it needs at least one query with results.")
+    counts = table.attrs.get("queries", {})
+    shown = table.rename(index=lambda value: f"{value} ({counts[value]})" if value in counts else value)
+    labels = np.where(table.to_numpy() >= 0.01, np.vectorize(lambda share: f"{100 * share:.0f}")(table.to_numpy()), "")
+    figure, ax = plt.subplots(figsize=(2.5 + 0.42 * table.shape[1], 1.5 + 0.32 * table.shape[0]))
+    sns.heatmap(shown, annot=labels, fmt="", annot_kws={"fontsize": 7}, cmap="Blues", vmin=0, vmax=1,
+                linewidths=0.3, linecolor="#eee", cbar_kws={"label": "share of the top-k places"}, ax=ax)
+    ax.set_title(title or "Which types the results carry, for each query type (in %)")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def show_similarity_maps(index: Index, query_id, result_ids=None, k: int = 4, colour_weight: float | None = None,
+                         alpha: float = 0.5, network=run_network):
+    """What the network looks at: the query's photo with its own map, then each result's photo with
+    its similarity map (explain.similarity_maps: the cosine between the query's descriptor and each
+    cell of the result's 7x7 feature map) upsampled over it; bright where the result shows what the
+    query's descriptor holds. Photos are the squares the network sees; one colour scale for all panels.
+
+    Args:
+        index: the searchable catalogue (a recipe that pools: gap or grid2x2).
+        query_id: the query's ProductId.
+        result_ids: the ProductIds to explain (None: the query's top k, as similar_products ranks them).
+        k, colour_weight: the ranking whose top k is shown when `result_ids` is None.
+        alpha: opacity of the map over the photo.
+        network: (pixels, recipe) -> descriptors (run_network unless a test injects one).
+
+    >>> show_similarity_maps(index, "13683", k=4)  # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    query = product_position(index, query_id)
+    if result_ids is None:
+        result_ids = similar_products(index, query_id, k=k, colour_weight=colour_weight)["ProductId"].tolist()
+    positions = [query, *(product_position(index, product_id) for product_id in result_ids)]
+    ids = index.catalog["ProductId"].to_numpy()[positions]
+    squares = network_inputs(index, ids)
+    maps = cell_similarities(index.vectors[query], maps_of_squares(squares, index, network=network), index.recipe.pooling)
+    low, high = float(maps.min()), float(maps.max())
+    figure, axes = plt.subplots(1, len(positions), figsize=(2.7 * len(positions) + 0.8, 3.6), squeeze=False,
+                                layout="constrained")
+    for number, (axis, position, square, cells) in enumerate(zip(axes[0], positions, squares, maps)):
+        product = index.catalog.loc[position]
+        size = square.shape[0]
+        axis.imshow(square)
+        overlay = axis.imshow(cells, cmap="inferno", vmin=low, vmax=high, alpha=alpha, interpolation="bilinear",
+                              extent=(0, size, size, 0))
+        visual = float(index.vectors[query] @ index.vectors[position])
+        label = "QUERY (its own map)" if number == 0 else f"#{number} visual {visual:.3f}"
+        axis.set_title(f"{label}\n{product['ProductId']} · {product['ProductType']}, {product['Colour']}", fontsize=8,
+                       color="darkred" if number == 0 else "black")
+        _frame(axis, "darkred" if number == 0 else "lightgrey")
+    figure.colorbar(overlay, ax=axes[0].tolist(), fraction=0.02, pad=0.01, label="cosine with the query's descriptor")
+    figure.suptitle(f"Where each photo shows what {ids[0]}'s descriptor holds ({index.recipe.name})", fontsize=10)
+    plt.close(figure)
+    return figure

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import SettingsError, WeightsError
 from .images import GEOMETRIES, IMAGE_SIZE, load_image, to_square
-from .settings import BACKBONES, ENVIRONMENT_VARIABLES, RANDOM_WEIGHTS, Settings, get_settings
+from .settings import BACKBONES, ENVIRONMENT_VARIABLES, RANDOM_WEIGHTS, TUNED_WEIGHTS, Settings, get_settings
 from .storage import atomic_write, file_sha256
 
 POOLINGS = ("gap", "grid2x2", "flatten")
@@ -56,7 +56,7 @@ class FeatureRecipe:
     """
 
     backbone: str = "resnet50"
-    weights: str = "imagenet"      # the setting: "imagenet", "random" or a weights file's path
+    weights: str = "imagenet"      # "imagenet", "random" or a weights file's path ("tuned" is resolved to one first)
     geometry: str = "crop"
     preprocessing: str = "backbone"  # "backbone": the network's own preprocess_input; "rescale": pixels / 255
     pooling: str = "grid2x2"
@@ -76,6 +76,8 @@ class FeatureRecipe:
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise SettingsError(f"Unknown {field} {getattr(self, field)!r}; choose one of {', '.join(allowed)}.")
+        if self.weights == TUNED_WEIGHTS:
+            raise SettingsError(unresolved_tuned_message())
         if self.image_size != IMAGE_SIZE:
             raise SettingsError(f"image_size must be {IMAGE_SIZE}: the weights on offer are trained at that size.")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -85,6 +87,8 @@ class FeatureRecipe:
 
 def default_recipe(settings: Settings | None = None, **changes) -> FeatureRecipe:
     """The project's recipe for the configured backbone and weights; keyword arguments change fields.
+    With weights="tuned" it raises SettingsError: that network depends on the catalogue, so
+    tuning.serving_recipe(catalog, settings) (or load_index) resolves it.
 
     >>> default_recipe(get_settings(backbone="mobilenet_v2"), pooling="gap").pooling
     'gap'
@@ -102,6 +106,35 @@ def reference_recipe(settings: Settings | None = None) -> FeatureRecipe:
     """
     return default_recipe(settings, geometry="stretch", preprocessing="rescale", pooling="flatten",
                           metric="euclidean", batch_size=1, dtype="float32")
+
+
+def one_change_path(start: FeatureRecipe, steps) -> dict[str, FeatureRecipe]:
+    """{row name: recipe}: `start`, then each (field, value) of `steps` applied in turn, so that every
+    recipe differs from the one before it in exactly one field: an ablation whose rows can be read
+    one change at a time.
+
+    >>> path = one_change_path(default_recipe(pooling="gap"), [("pooling", "grid2x2")])  # doctest: +SKIP
+    >>> list(path)  # doctest: +SKIP
+    ['start', 'pooling → grid2x2']
+    """
+    path, recipe = {"start": start.check()}, start
+    for field, value in steps:
+        if field not in {item.name for item in dataclasses.fields(FeatureRecipe)}:
+            raise SettingsError(f"A recipe has no field {field!r}; choose one of geometry, preprocessing, pooling, metric.")
+        if getattr(recipe, field) == value:
+            raise SettingsError(f"The step {field} → {value} changes nothing: the recipe before it already has it.")
+        recipe = dataclasses.replace(recipe, **{field: value}).check()
+        path[f"{field} → {value}"] = recipe
+    return path
+
+
+def unresolved_tuned_message() -> str:
+    """Why weights="tuned" cannot be used without the catalogue, and what to call instead."""
+    return (f"weights='tuned' ({ENVIRONMENT_VARIABLES['weights']}=tuned) is the backbone tuned on the labels of the "
+            "catalogue being served, so only a function given the catalogue can resolve it: load_index(catalog, "
+            "settings) or fashion_lens.tuning.serving_recipe(catalog, settings), which tune it on the first call and "
+            "reuse it afterwards. default_recipe, reference_recipe and load_backbone get no catalogue: give them "
+            "weights='imagenet', or the tuned weights file's path (serving_recipe(...).weights).")
 
 
 def keras_cache_dir() -> Path:
@@ -146,6 +179,8 @@ def load_backbone(backbone: str, weights: str = "imagenet", *, weights_url: str 
     """
     if backbone not in BACKBONES:
         raise SettingsError(f"Unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}.")
+    if weights == TUNED_WEIGHTS:  # no file yet: the recipe serving_recipe resolves names it
+        raise WeightsError(unresolved_tuned_message())
     with _BACKBONE_LOCK:
         if weights == "imagenet":
             download_imagenet_weights(backbone, url=weights_url, timeout=download_timeout)
@@ -256,15 +291,18 @@ def pool_feature_maps(maps: np.ndarray, pooling: str) -> np.ndarray:
         return maps.reshape(len(maps), -1)
     if pooling == "gap":
         return l2_normalize(maps.mean(axis=(1, 2)))
-    height, width = maps.shape[1:3]
-    cells = []
-    for row in range(2):
-        for col in range(2):
-            # adaptive pooling bounds: 7 -> rows 0..3 and 3..6 (the middle row belongs to both)
-            r0, r1 = (row * height) // 2, -(-((row + 1) * height) // 2)
-            c0, c1 = (col * width) // 2, -(-((col + 1) * width) // 2)
-            cells.append(l2_normalize(maps[:, r0:r1, c0:c1, :].mean(axis=(1, 2))))
+    cells = [l2_normalize(maps[:, rows, cols, :].mean(axis=(1, 2))) for rows, cols in grid_quadrants(*maps.shape[1:3])]
     return l2_normalize(np.concatenate(cells, axis=1))
+
+
+def grid_quadrants(height: int, width: int) -> list[tuple[slice, slice]]:
+    """The cells of each quadrant of the grid2x2 pooling, in its order (top-left, top-right,
+    bottom-left, bottom-right): adaptive pooling bounds, so with 7 cells the middle row and
+    column belong to two quadrants (7 -> cells 0..3 and 3..6)."""
+    def half(size: int, part: int) -> slice:
+        return slice((part * size) // 2, -(-((part + 1) * size) // 2))
+
+    return [(half(height, row), half(width, col)) for row in range(2) for col in range(2)]
 
 
 

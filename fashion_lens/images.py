@@ -4,6 +4,7 @@ the network's square input."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, SettingsError
+from .storage import atomic_write
 
 IMAGE_SIZE = 224
 # Photos far larger than any catalogue image are refused before decoding (decompression bombs).
@@ -316,3 +318,43 @@ def jpeg_bytes(image: Image.Image, quality: int = 85) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def thumbnail_store(artifacts_dir) -> Path:
+    """Where the stored thumbnails of a project's photos live: one place for the app and the load test."""
+    return Path(artifacts_dir) / "thumbnails"
+
+
+def stored_thumbnail(path, store_dir) -> bytes:
+    """A photo's thumbnail as JPEG bytes, made once and kept as a file in `store_dir` (named by the
+    photo's path, size and modification time, so a replaced photo gets a new one). The app serves
+    thumbnails from here: reading a small file costs a fraction of decoding and shrinking the photo.
+    A store that cannot be written to only loses the saving."""
+    stat = Path(path).stat()
+    key = hashlib.sha256(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    stored = Path(store_dir) / key[:2] / f"{key}.jpg"
+    try:
+        return stored.read_bytes()
+    except OSError:
+        pass
+    data = jpeg_bytes(thumbnail(path))
+    try:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(stored) as handle:
+            handle.write(data)
+    except OSError:
+        pass
+    return data
+
+
+def build_thumbnails(paths, store_dir) -> int:
+    """Make the stored thumbnails of these photos that are missing (stored_thumbnail); how many photos
+    were looked at. Photos that cannot be read are skipped: the page says so when one is shown."""
+    count = 0
+    for path in paths:
+        try:
+            stored_thumbnail(path, store_dir)
+        except (OSError, ImageError):
+            continue
+        count += 1
+    return count

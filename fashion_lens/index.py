@@ -26,10 +26,11 @@ import pandas as pd
 from .catalog import FILTER_COLUMNS, genders_of, id_order, load_catalog
 from .errors import CatalogError
 from .feature_cache import Features, extract_features, photo_inputs
-from .features import FeatureRecipe, default_recipe, run_network
+from .features import FeatureRecipe, run_network
 from .images import load_image
 from .probes import ATTRIBUTE_MIN_PRODUCTS, AttributeModel, fit_attribute_probes, probe_inputs
 from .settings import RANDOM_WEIGHTS, Settings, get_settings
+from .tuning import serving_recipe, tune_network
 
 # The default w = 0.4 is the largest weight that kept ProductType precision at its pure-visual
 # level on a development half of the queries (README, "How it works").
@@ -185,15 +186,19 @@ def left_out_products(catalog: pd.DataFrame, features: Features) -> dict[str, st
 
 
 def load_index(catalog: pd.DataFrame | None = None, settings: Settings | None = None,
-               recipe: FeatureRecipe | None = None, progress: bool = True, on_progress=None) -> Index:
+               recipe: FeatureRecipe | None = None, progress: bool = True, on_progress=None, *,
+               tune: Callable = tune_network) -> Index:
     """Catalogue + cached features (computed where missing) -> Index: the one call most users need.
 
     Args:
         catalog: the products (default: load_catalog() of the data, layout and columns settings).
         settings: folders, backbone and weights (default: get_settings()).
-        recipe: how photos become descriptors (default: default_recipe(settings)).
-        progress: show a progress bar while features are computed.
+        recipe: how photos become descriptors (default: serving_recipe(catalog, settings), that is
+            default_recipe(settings), or with weights="tuned" the network tuned on this catalogue's
+            labels: tuned on the first load, minutes, then reused).
+        progress: show a progress bar while features are computed (and the tuning's epochs).
         on_progress: called as on_progress(done, total) after each photo computed.
+        tune: tunes the network for weights="tuned" (tune_network unless a test injects another).
 
     With the milvus_uri setting (FASHION_LENS_MILVUS_URI), searches take their candidates from
     Milvus: the first one syncs the collection with these features (milvus_search.sync_milvus).
@@ -204,7 +209,7 @@ def load_index(catalog: pd.DataFrame | None = None, settings: Settings | None = 
     settings = settings or get_settings()
     if catalog is None:
         catalog = load_catalog(settings.data_dir, layout=settings.layout, columns=dict(settings.columns))
-    features = extract_features(catalog, recipe or default_recipe(settings),
+    features = extract_features(catalog, recipe or serving_recipe(catalog, settings, progress=progress, tune=tune),
                                 artifacts_dir=settings.artifacts_dir, progress=progress, on_progress=on_progress)
     index = build_index(catalog, features)
     index.milvus_uri = settings.milvus_uri

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import FeatureCacheWarning
+from .errors import FeatureCacheWarning, SettingsError
 from .feature_cache import Features
 from .features import l2_normalize
 from .storage import atomic_write
@@ -204,3 +204,43 @@ def fit_attribute_probes(catalog: pd.DataFrame, features: Features, fit=fit_prob
         with atomic_write(path) as handle:
             np.savez(handle, **arrays)
     return out_of_fold, models
+
+
+def _probes_of(index) -> dict:
+    if index.attributes is None or index.attribute_models is None:
+        raise SettingsError(f"This index has no attribute probes: they are fitted for {ATTRIBUTE_MIN_PRODUCTS} or more "
+                            "products with a feature cache (build_index(..., attributes=True)).")
+    return {target: (index.attribute_models[target].classes, probabilities) for target, probabilities in index.attributes.items()}
+
+
+def probe_accuracy(index) -> pd.DataFrame:
+    """How often each probe's guess is the product's own label, judged out of fold (every product by
+    probes that never saw it), beside the score of always guessing the most common label."""
+    rows = {}
+    for target, (classes, probabilities) in _probes_of(index).items():
+        labels = index.catalog[target].to_numpy(dtype=str)
+        labelled = labels != ""
+        top3 = classes[np.argsort(-probabilities, axis=1)[:, :3]]
+        common = pd.Series(labels[labelled]).value_counts()
+        rows[target] = {"labels": len(classes), "products": int(labelled.sum()),
+                        "accuracy": float((classes[probabilities.argmax(axis=1)] == labels)[labelled].mean()),
+                        "top-3 accuracy": float((top3 == labels[:, None]).any(axis=1)[labelled].mean()),
+                        "most common label": common.index[0],
+                        "always guessing it": float(common.iloc[0] / labelled.sum())}
+    return pd.DataFrame(rows).T.infer_objects()
+
+
+def probe_guesses(index, product_id, top: int = 3) -> pd.DataFrame:
+    """The probes' `top` guesses for one catalogue product, with their probabilities, beside its labels.
+    Out of fold: the probes that judge it never saw its labels."""
+    position = index.positions.get(str(product_id))
+    if position is None:
+        raise SettingsError(f"ProductId {product_id} is not in this index.")
+    rows = []
+    for target, (classes, probabilities) in _probes_of(index).items():
+        order = np.argsort(-probabilities[position])[:top]
+        label = index.catalog[target].iloc[position]
+        rows += [{"attribute": target, "guess": rank, "label": classes[column],
+                  "probability": float(probabilities[position, column]), "is its label": classes[column] == label}
+                 for rank, column in enumerate(order, start=1)]
+    return pd.DataFrame(rows).set_index(["attribute", "guess"])

@@ -37,6 +37,10 @@ DEFAULT_SETTINGS = {
 }
 # "random" builds the network untrained: for shape tests only, never for recommendations.
 RANDOM_WEIGHTS = "random"
+# "tuned": the backbone fine-tuned on the labels of the catalogue being served. It names no file
+# until the catalogue is known: tuning.serving_recipe (called by index.load_index) resolves it.
+TUNED_WEIGHTS = "tuned"
+WEIGHT_CHOICES = ("imagenet", TUNED_WEIGHTS, RANDOM_WEIGHTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Settings:
     data_dir: Path
     artifacts_dir: Path
     backbone: str
-    weights: str  # "imagenet", "random" or the path of a Keras weights file
+    weights: str  # "imagenet", "tuned", "random" or the path of a Keras weights file
     layout: str = DEFAULT_SETTINGS["layout"]  # the catalogue's layout (catalog_layout.LAYOUTS)
     columns: tuple[tuple[str, str], ...] = ()  # (the catalogue's column, the project's column) pairs
     milvus_uri: str | None = None  # None: search in-process; a .db file: Milvus Lite; http(s)://host:port: a Milvus server
@@ -129,13 +133,14 @@ def check_milvus_uri(uri) -> str | None:
 
 
 def _check_weights(weights: str) -> str:
-    if weights in ("imagenet", RANDOM_WEIGHTS):
-        return weights
+    if weights.strip().lower() in WEIGHT_CHOICES:
+        return weights.strip().lower()
     path = Path(weights).expanduser()
     if not path.is_file():
         raise SettingsError(
-            f"Weights file {weights!r} does not exist. Give 'imagenet' or the path of a Keras "
-            f"weights file (.h5) via weights= or {ENVIRONMENT_VARIABLES['weights']}."
+            f"Weights file {weights!r} does not exist. Choose one of imagenet (the default), tuned (the backbone "
+            f"tuned on the served catalogue's labels), random (untrained, for shape tests only), or give the path "
+            f"of a Keras weights file (.h5) via weights= or {ENVIRONMENT_VARIABLES['weights']}."
         )
     with open(path, "rb") as handle:
         signature = handle.read(8)

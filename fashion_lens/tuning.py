@@ -11,6 +11,10 @@ activations are cached; only the top blocks train, on mirrored and shifted copie
 augmentations only: colour is a label, so it is never jittered). It is deterministic with a seed,
 and saved with a manifest of what it learnt from (products, photos, labels, recipe, settings and
 code version): nothing retrains when nothing changed.
+
+Serving it is a setting: with weights="tuned" (FASHION_LENS_WEIGHTS=tuned), serving_recipe, which
+load_index calls, tunes on every labelled product of the catalogue being served (the first time)
+and returns the tuned recipe. Evaluation instead tunes on the training split only (chapter 06).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import pandas as pd
 from .errors import SettingsError
 from .feature_cache import prepare_photo
 from .features import FeatureRecipe, default_recipe, import_keras, load_backbone, preprocess_batch, resolve_recipe
-from .settings import Settings, get_settings
+from .settings import ENVIRONMENT_VARIABLES, TUNED_WEIGHTS, Settings, get_settings
 from .storage import atomic_write, file_sha256, folder_lock, writable_dir
 
 TUNING_VERSION = "top-blocks-multitask-cosine-v2"
@@ -40,6 +44,9 @@ TUNED_LABELS = ("ProductType", "Colour", "SubCategory")
 CUT_LAYERS = {"mobilenet_v2": "block_12_add", "resnet50": "conv4_block6_out"}
 WEIGHTS_FILE = "backbone.weights.h5"
 SPLITS = ("train", "dev", "test")
+# Serving a tuned network (weights="tuned") needs this many products carrying each label: with fewer,
+# the heads learn the few products by heart and the tuned descriptors serve worse than ImageNet's.
+TUNING_MIN_PRODUCTS = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,17 +99,20 @@ def tune_network(catalog: pd.DataFrame, settings: Settings | None = None, *, con
 
     Args:
         catalog: the products to learn from (ProductType, Colour and SubCategory labels).
-        settings: backbone, starting weights and artifacts folder (default: get_settings()).
+        settings: backbone, starting weights (weights="tuned" starts from ImageNet's) and artifacts
+            folder (default: get_settings()).
         config: epochs, learning rate and the rest (TuningConfig).
         validation: products whose accuracy is recorded after each epoch (the learning curves);
             never trained on.
-        progress: print one line per epoch.
+        progress: print one line when tuning starts and one per epoch.
         train: trains the network (train_top_blocks unless a test injects another).
 
     >>> tuned = tune_network(catalog[split == "train"], validation=catalog[split == "dev"])  # doctest: +SKIP
     >>> index = load_index(catalog, recipe=tuned.recipe)  # doctest: +SKIP
     """
     settings = settings or get_settings()
+    if settings.weights == TUNED_WEIGHTS:  # "tuned" means ImageNet's weights, tuned: start from them
+        settings = dataclasses.replace(settings, weights="imagenet")
     base = resolve_recipe(default_recipe(settings))
     if base.backbone not in CUT_LAYERS:
         raise SettingsError(f"Tuning knows the backbones {', '.join(CUT_LAYERS)}, not {base.backbone!r}.")
@@ -122,6 +132,9 @@ def tune_network(catalog: pd.DataFrame, settings: Settings | None = None, *, con
     with folder_lock(folder):
         found = _saved(folder)
         if found is None:
+            if progress:
+                print(f"tuning {base.backbone} on {len(catalog)} products (minutes; saved in {folder}, "
+                      "reused while they and their labels stay the same)", flush=True)
             started = time.perf_counter()
             history = (train or train_top_blocks)(catalog, labels, base, config, validation, folder / WEIGHTS_FILE, progress)
             manifest = {"version": TUNING_VERSION, "key": key, "config": dataclasses.asdict(config),
@@ -135,6 +148,57 @@ def tune_network(catalog: pd.DataFrame, settings: Settings | None = None, *, con
             found = manifest
     weights = folder / WEIGHTS_FILE
     return TunedNetwork(weights, default_recipe(settings, weights=str(weights)), found)
+
+
+def serving_recipe(catalog: pd.DataFrame, settings: Settings | None = None, *, progress: bool = True,
+                   tune=tune_network) -> FeatureRecipe:
+    """The recipe that serves `catalog` with these settings: default_recipe(settings), except with
+    weights="tuned", where it is the recipe of the backbone tuned on every labelled product of
+    `catalog` (tune_network: tuned and saved on the first call, reused while the products, photos,
+    labels and settings stay the same). A catalogue too poorly labelled to tune raises SettingsError.
+
+    Args:
+        catalog: the catalogue being served (load_catalog).
+        settings: backbone, weights and artifacts folder (default: get_settings()).
+        progress: print what tuning does (only when it has to tune).
+        tune: tunes the network (tune_network unless a test injects another).
+
+    >>> recipe = serving_recipe(catalog, get_settings(weights="tuned"))  # doctest: +SKIP
+    >>> index = load_index(catalog, get_settings(weights="tuned"))  # doctest: +SKIP
+    """
+    settings = settings or get_settings()
+    if settings.weights != TUNED_WEIGHTS:
+        return default_recipe(settings)
+    labelled = catalog[tuning_labels(catalog).ne("").any(axis=1)]
+    check_tunable(labelled)
+    return tune(labelled, settings, progress=progress).recipe
+
+
+def tuning_labels(catalog: pd.DataFrame) -> pd.DataFrame:
+    """The labels tuning learns (TUNED_LABELS) of each product, "" where missing."""
+    return pd.DataFrame({target: (catalog[target].fillna("").astype(str) if target in catalog
+                                  else pd.Series("", index=catalog.index)) for target in TUNED_LABELS})
+
+
+def check_tunable(catalog: pd.DataFrame, min_products: int = TUNING_MIN_PRODUCTS) -> None:
+    """Refuse (SettingsError) to tune for serving on a catalogue with fewer than `min_products`
+    products carrying one of TUNED_LABELS, or with a single value of one: saying what to do."""
+    labels = tuning_labels(catalog)
+    problems = []
+    for target in TUNED_LABELS:
+        given = labels[target][labels[target] != ""]
+        classes = sorted(set(given))
+        if len(given) < min_products:
+            problems.append(f"{len(given)} products have a {target} (at least {min_products} are needed)")
+        elif len(classes) < 2:
+            problems.append(f"every {target} is {classes[0]!r} (a label with one value teaches nothing)")
+    if problems:
+        raise SettingsError(
+            f"Cannot tune the network on this catalogue ({ENVIRONMENT_VARIABLES['weights']}=tuned): "
+            + "; ".join(problems) + f". Label more products (each of {', '.join(TUNED_LABELS)}, with at least "
+            f"two values), or serve the ImageNet network: {ENVIRONMENT_VARIABLES['weights']}=imagenet "
+            "(or weights='imagenet')."
+        )
 
 
 def _saved(folder: Path) -> dict | None:

@@ -3,6 +3,7 @@ see the most similar products as photos, follow one, go back."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -18,6 +19,8 @@ from .index import DEFAULT_COLOUR_WEIGHT, Index, Query, describe_photo
 from .search import MAX_SHOWN, check_k, doubt_note, filter_choices, product_position, similar_products, similar_to_query
 
 ANY = "any"  # the filter choice that keeps every value
+# The static copy of the answer (text/html) that viewers without a kernel show: thumbnails' width, results per row
+STATIC_THUMBNAIL, STATIC_COLUMNS = 110, 6
 # HEIC/HEIF (iPhone photos) are accepted to be answered with how to convert them (images.load_image).
 UPLOAD_TYPES = ".jpg,.jpeg,.png,.heic,.heif"
 
@@ -219,10 +222,54 @@ class RecommenderWidgetBase:
 
     # ---- drawing ----
 
-    def _thumbnail(self, path: str) -> bytes:
-        if path not in self._thumbnails:
-            self._thumbnails[path] = jpeg_bytes(thumbnail(path, self.thumbnail_size))
-        return self._thumbnails[path]
+    def _thumbnail(self, path, size: int | None = None) -> bytes:
+        key = (path, size or self.thumbnail_size)
+        if key not in self._thumbnails:
+            self._thumbnails[key] = jpeg_bytes(thumbnail(path, key[1]), quality=85 if size is None else 75)
+        return self._thumbnails[key]
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The live widget (ipywidgets' view), with a static copy of its answer for viewers without a
+        kernel: nbconvert's HTML of a notebook holding no widget state, JupyterLab on an untrusted
+        notebook (both show text/html when they cannot show the widget), and text-only viewers."""
+        bundle = super()._repr_mimebundle_(**kwargs) or {}
+        return {**bundle, "text/plain": self.static_text(), "text/html": self.static_html()}
+
+    def static_text(self) -> str:
+        """The answer on screen in one line of text: the query and its results' ProductIds."""
+        if self.results is None:
+            return "Interactive recommender (run the notebook to use it): no product chosen yet."
+        subject = f"ProductId {self.query.product_id}" if self.query.product_id else f"your photo {self.query.photo_name}"
+        return (f"Interactive recommender (run the notebook to use it): the {len(self.results)} products most "
+                f"similar to {subject}: {', '.join(self.results['ProductId'])}.")
+
+    def static_html(self) -> str:
+        """The answer on screen as plain HTML: the query card beside a table of the results, each a
+        small JPEG thumbnail (inline, base64) captioned with its rank, ProductId, type, colour and similarity."""
+        if self.results is None:
+            return f'<div class="fl-static"><p>{html.escape(self.static_text())}</p>{self.message.value}</div>'
+
+        def cell(jpeg: bytes, lines, border: str, attributes: str = "") -> str:
+            image = f'<img src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}" alt="{html.escape(lines[0])}">'
+            return (f'<td {attributes}style="vertical-align:top;text-align:center;padding:4px;border:{border};'
+                    f'font-size:85%">{image}<br>{"<br>".join(map(html.escape, lines))}</td>')
+
+        query, rows = self.query, -(-len(self.results) // STATIC_COLUMNS)
+        if query.product_id is not None:
+            row = self.index.catalog.loc[self.index.positions[query.product_id]]
+            photo, lines = row["image_path"], [f"ProductId {row['ProductId']}", f"{row['ProductType']}, {row['Colour']}"]
+        else:
+            photo, lines = query.jpeg, [query.photo_name, "your photo"]
+        cards = [cell(self._thumbnail(photo, STATIC_THUMBNAIL), ["QUERY", *lines], "2px solid darkred", f'rowspan="{rows}" ')]
+        cards += [cell(self._thumbnail(result["image_path"], STATIC_THUMBNAIL),
+                       [f"#{result['rank']} · ProductId {result['ProductId']}", f"{result['ProductType']}, {result['Colour']}",
+                        f"similarity {result['similarity']:.3f}"], "1px solid #ddd") for _, result in self.results.iterrows()]
+        grid = [cards[:1 + STATIC_COLUMNS]] + [cards[start:start + STATIC_COLUMNS]
+                                               for start in range(1 + STATIC_COLUMNS, len(cards), STATIC_COLUMNS)]
+        body = "".join(f"<tr>{''.join(line)}</tr>" for line in grid)
+        return (f'<div class="fl-static"><p>{self.summary.value} <i>(a static copy of the interactive recommender: '
+                'run the notebook to use it)</i></p>'
+                f'<table style="border-collapse:collapse">{body}</table></div>')
 
     def _draw(self) -> None:
         query = self.query

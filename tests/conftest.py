@@ -323,3 +323,23 @@ def catalog_copy(catalog_dir, tmp_path) -> Path:
         shutil.copy(catalog_dir / helpers.GENDER_FOLDERS[row["Gender"]] / row["Image"], folder / row["Image"])
     rows.to_csv(destination / "fashion.csv", index=False)
     return destination
+
+
+# ---- the chapters executed on a sample: run by test_notebooks.py, read again by test_book.py ------
+
+@pytest.fixture(scope="session")
+def sample_artifacts(tmp_path_factory, catalog_dir, mobilenet_weights) -> Path:
+    """A feature cache of the chapters' runs' own (shared by the chapters, in order, like `make demo`)."""
+    return tmp_path_factory.mktemp("notebook-artifacts")
+
+
+@pytest.fixture(scope="session")
+def executed_dir(tmp_path_factory) -> Path:
+    """Where test_notebooks.py writes the executed chapters (session-wide: the book is built from them)."""
+    return tmp_path_factory.mktemp("executed")
+
+
+def pytest_collection_modifyitems(config, items):
+    """test_book.py after test_notebooks.py (the file order would put it first), so that the book reuses the
+    chapters executed there instead of executing them once more."""
+    items.sort(key=lambda item: item.path.name == "test_book.py")  # a stable sort: the order is otherwise kept

@@ -47,7 +47,8 @@ def notebook_root(tmp_path: Path) -> Path:
     root = tmp_path / "root"
     (root / "notebooks").mkdir(parents=True)
     shutil.copy(NOTEBOOK, root / "notebooks" / NOTEBOOK.name)
-    (root / "helpers.py").symlink_to(PROJECT_DIR / "helpers.py")
+    for name in ("helpers.py", "app.py"):  # chapter 04 quotes app.py
+        (root / name).symlink_to(PROJECT_DIR / name)
     return root
 
 

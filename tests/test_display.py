@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,10 +16,13 @@ from fashion_lens.display import (
     show_geometries,
     show_products,
     show_ranked_queries,
+    show_source,
 )
 from fashion_lens.evaluation import compare_methods, rank_all, relevance_matrix
 from fashion_lens.images import thumbnail
 from fashion_lens.search import similar_products
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +105,15 @@ def test_precision_chart_and_metric_curves_draw_one_series_per_method(drawn_inde
         precision_chart(table.drop(columns=[column for column in table.columns if column.startswith("P@")]))
     curves = metric_curves(pd.DataFrame({"a": [0.2, 0.4], "b": [0.5, 0.6]}, index=[1, 5]), xlabel="k")
     assert [line.get_label() for line in curves.axes[0].lines] == ["a", "b"] and curves.axes[0].get_xlabel() == "k"
+
+
+@pytest.mark.fast
+def test_show_source_quotes_the_apps_functions_as_they_are_now():
+    shown = show_source(PROJECT_DIR / "app.py", "load_search_index", "show_results").data
+    app = (PROJECT_DIR / "app.py").read_text(encoding="utf-8")
+    assert shown.startswith("```python\n@st.cache_resource") and shown.endswith("\n```")
+    for block in shown.removeprefix("```python\n").removesuffix("\n```").split("\n\n\n"):
+        assert block in app  # quoted exactly, decorators included
+    assert "def show_results(" in shown and "def main(" not in shown
+    with pytest.raises(ValueError, match="no top-level no_such_function"):
+        show_source(PROJECT_DIR / "app.py", "no_such_function")

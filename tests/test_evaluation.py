@@ -6,19 +6,33 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fashion_lens.errors import SettingsError
 from fashion_lens.evaluation import (
+    COLOUR_NAMED_DIFFERENTLY,
+    FAILURE_REASONS,
+    LABEL_NOISE,
+    NO_LABELS,
+    NO_RESULT,
     RELEVANCE,
+    TOO_FEW_RESULTS,
+    WRONG_COLOUR,
+    WRONG_TYPE,
     average_precision_at_k,
     colour_name_agreement,
     compare_methods,
+    confusion_table,
     evaluate,
+    failure_reasons,
+    heldout_index,
+    labels_used,
     precision_at_k,
+    query_halves,
     rank_all,
     relevance_matrix,
     relevant_counts,
 )
 from fashion_lens.feature_cache import Features
-from fashion_lens.features import FeatureRecipe
+from fashion_lens.features import FeatureRecipe, default_recipe
 from fashion_lens.index import build_index
 from fashion_lens.search import similar_products
 
@@ -182,7 +196,8 @@ def test_fast_evaluate_gives_the_hand_computed_scores():
     }
     assert scores.to_dict() == pytest.approx(expected)
     table = compare_methods({"angles": (_circle_index(), 0.0)}, k=2)
-    assert table.loc["angles"].to_dict() == pytest.approx(expected)
+    assert table.loc["angles", "labels used"] == NO_LABELS
+    assert table.loc["angles"].drop("labels used").to_dict() == pytest.approx(expected)
 
 
 @pytest.mark.fast
@@ -238,3 +253,179 @@ def test_fast_colour_name_agreement_counts_first_and_top_two_names_per_label():
     assert table.loc["Orange"].tolist() == pytest.approx([3, 1 / 3, 2 / 3])
     assert table.loc["Navy Blue"].tolist() == pytest.approx([2, 0.5, 1.0])
     assert table.loc["Grey"].tolist() == pytest.approx([1, 1.0, 1.0])
+
+
+# ---- scores on part of the queries, and what each row learnt from the labels --------------------
+
+def test_evaluate_on_some_queries_averages_over_exactly_those(index):
+    halves = query_halves(index.catalog)
+    assert set(halves) == {"dev", "test"} and 0.4 < (halves == "dev").mean() < 0.6
+    copies = index.catalog.groupby("duplicate_group")["ProductId"].transform("size") > 1
+    assert (halves[copies].groupby(index.catalog["duplicate_group"][copies]).nunique() == 1).all()  # copies on one side
+    ranks = rank_all(index, k=5, colour_weight=0.0)
+    dev = (halves == "dev").to_numpy()
+    hits = relevance_matrix(index, ranks, RELEVANCE["ProductType"])
+    by_mask = evaluate(index, 5, 0.0, ranks=ranks, queries=dev)
+    by_ids = evaluate(index, 5, 0.0, ranks=ranks, queries=index.catalog["ProductId"][dev])
+    assert by_mask["P@5 ProductType"] == pytest.approx(hits[dev].mean()) == by_ids["P@5 ProductType"]
+    assert by_mask["P@5 ProductType"] != pytest.approx(evaluate(index, 5, 0.0, ranks=ranks, queries=~dev)["P@5 ProductType"])
+    with pytest.raises(SettingsError, match="not in the index"):
+        evaluate(index, 5, 0.0, ranks=ranks, queries=["no-such-product"])
+
+
+def test_every_row_says_which_labels_it_learnt_from(index):
+    table = compare_methods({"network only": (index, 0.0), "blend": (index, 0.4)}, k=5)
+    assert table["labels used"].tolist() == [NO_LABELS, "probes"]
+    assert labels_used(dataclasses.replace(index, attributes=None), 0.4) == NO_LABELS  # histograms alone learn nothing
+    tuned = dataclasses.replace(index, recipe=dataclasses.replace(index.recipe, weights="/tuned/backbone.weights.h5"))
+    assert labels_used(tuned, 0.0) == "tuned network" and labels_used(tuned, 0.4) == "tuned network + probes"
+
+
+# ---- failure analysis: why the worst queries fail, and which types are taken for which -----------
+
+@pytest.mark.fast
+def test_fast_failure_reasons_follow_the_rules_on_known_answers():
+    index = _circle_index()  # identical colours everywhere: only the angles and the labels differ
+    table = failure_reasons(index, k=1, colour_weight=0, worst=None)
+    # 1 (A Red) and 2 (A Blue) lie 10 degrees apart (visual 0.985): one photo, two colour labels;
+    # 3 (B) finds 2 (A) at 20 degrees (0.94, not a near-duplicate); 4 and 5 (B Blue) find 3 (B Red);
+    # 8 (B) finds 7 (A); 6 and 7 (A Red) find each other: not failures.
+    assert table["ProductId"].tolist() == ["1", "2", "4", "5", "3", "8"]
+    assert table["reason"].tolist() == [LABEL_NOISE, LABEL_NOISE, COLOUR_NAMED_DIFFERENTLY, COLOUR_NAMED_DIFFERENTLY,
+                                        WRONG_TYPE, WRONG_TYPE]
+    assert table["evidence"].tolist() == [["2"], ["1"], ["3"], ["3"], ["2"], ["7"]]
+    assert table["precision"].tolist() == [0.0] * 6 and table["query"].tolist() == [0, 1, 3, 4, 2, 7]
+    assert table.loc[0, "detail"] == "#1 2 is a near-duplicate photo (visual 0.985, colour 1.000) labelled A, Blue"
+    # the worst 3: no relevant result, then the most confident misses (visual 0.985, 0.985, 0.94)
+    assert failure_reasons(index, k=1, colour_weight=0, worst=3)["ProductId"].tolist() == ["1", "2", "3"]
+    # 4's copy (5) labelled another type: one photo, two labellings
+    relabelled = dataclasses.replace(index, catalog=index.catalog.assign(ProductType=list("AABBCAAB")))
+    ranks = rank_all(index, 1, colour_weight=0)
+    ranks[3] = [4]
+    row = failure_reasons(relabelled, ranks=ranks, worst=None, queries=["4"]).iloc[0]
+    assert row["reason"] == LABEL_NOISE and row["detail"].startswith("#1 5 is a copy of its photo")
+    # Women have 2 candidates: with k=3 the empty place is the only miss of 6 on SubCategory
+    short = failure_reasons(index, k=3, colour_weight=0, relevance="SubCategory", worst=None)
+    assert short.set_index("ProductId").loc["6", ["reason", "precision"]].tolist() == [TOO_FEW_RESULTS, pytest.approx(2 / 3)]
+
+
+@pytest.mark.fast
+def test_fast_confusion_table_on_known_answers():
+    index = _circle_index()
+    # k=3: A queries (1, 2, 6, 7) get A,B,B / A,B,B / A,B,- / A,B,-; B queries (3, 4, 5, 8) get A,A,B / B,A,A / B,A,A / A,A,-
+    table = confusion_table(index, k=3, colour_weight=0)
+    assert table.index.tolist() == ["A", "B"] and table.columns.tolist() == ["A", "B", NO_RESULT]
+    np.testing.assert_allclose(table.to_numpy(), [[4 / 12, 6 / 12, 2 / 12], [8 / 12, 3 / 12, 1 / 12]])
+    assert table.attrs["queries"] == {"A": 4, "B": 4}
+    assert confusion_table(index, k=3, colour_weight=0, column="Colour", queries=["4", "5"]).index.tolist() == ["Blue"]
+
+
+@pytest.mark.fast
+def test_fast_failure_analysis_refuses_bad_input_clearly():
+    index = _circle_index()
+    with pytest.raises(SettingsError, match="Unknown relevance 'Size'"):
+        failure_reasons(index, relevance="Size")
+    with pytest.raises(SettingsError, match="one row of results per indexed product"):
+        failure_reasons(index, ranks=np.zeros((3, 2), dtype=int))
+    with pytest.raises(SettingsError, match="column must be"):
+        confusion_table(index, column="Price")
+    with pytest.raises(SettingsError, match="not both"):
+        failure_reasons(index, uploads=index.catalog, queries=["1"])
+
+
+@pytest.mark.fast
+def test_fast_the_confusion_heatmap_writes_the_shares_in_percent_beside_the_query_counts():
+    import matplotlib
+
+    from fashion_lens.display import confusion_heatmap
+
+    matplotlib.use("Agg")
+    table = confusion_table(_circle_index(), k=3, colour_weight=0)
+    axis = confusion_heatmap(table).axes[0]
+    assert [label.get_text() for label in axis.get_yticklabels()] == ["A (4)", "B (4)"]
+    assert [label.get_text() for label in axis.get_xticklabels()] == ["A", "B", NO_RESULT]
+    assert [text.get_text() for text in axis.texts] == ["33", "50", "17", "67", "25", "8"]
+    with pytest.raises(ValueError, match="empty"):
+        confusion_heatmap(table.iloc[:0])
+
+
+def _with_results(index, cases: dict) -> np.ndarray:
+    """rank_all's top 1, with some queries given a chosen result: {query ProductId: result ProductId}."""
+    ranks = rank_all(index, 1)
+    for query, result in cases.items():
+        ranks[index.positions[query]] = [index.positions[result]]
+    return ranks
+
+
+def test_failure_reasons_name_the_right_reason_on_real_products(index):
+    labels = index.catalog.set_index("ProductId")[["ProductType", "Colour"]]
+    cases = {
+        "35446": ("34108", LABEL_NOISE),               # a girls' top photographed once, labelled Peach and Pink
+        "33259": ("39336", LABEL_NOISE),               # byte-identical photos labelled Shorts and Capris
+        "31099": ("31100", COLOUR_NAMED_DIFFERENTLY),  # boys' check shirts, Blue and Navy Blue, colours alike
+        "28316": ("11924", WRONG_TYPE),                # a men's black casual shoe and a formal one
+        "31175": ("34164", WRONG_COLOUR),              # one top's design in Magenta and in Red: not label noise
+    }
+    assert labels.loc["35446"].tolist() == ["Tops", "Peach"] and labels.loc["34108"].tolist() == ["Tops", "Pink"]
+    assert labels.loc["33259"].tolist() == ["Shorts", "Blue"] and labels.loc["39336"].tolist() == ["Capris", "Blue"]
+    assert labels.loc["31099"].tolist() == ["Shirts", "Blue"] and labels.loc["31100"].tolist() == ["Shirts", "Navy Blue"]
+    assert labels.loc["28316", "ProductType"] == "Casual Shoes" and labels.loc["11924", "ProductType"] == "Formal Shoes"
+    assert labels.loc["31175"].tolist() == ["Tops", "Magenta"] and labels.loc["34164"].tolist() == ["Tops", "Red"]
+    ranks = _with_results(index, {query: result for query, (result, _) in cases.items()})
+    table = failure_reasons(index, ranks=ranks, worst=None, queries=list(cases)).set_index("ProductId")
+    assert sorted(table.index) == sorted(cases)
+    for query, (result, reason) in cases.items():
+        assert (table.loc[query, "reason"], table.loc[query, "evidence"]) == (reason, [result]), query
+    assert "copy of its photo" in table.loc["33259", "detail"] and "near-duplicate photo" in table.loc["35446", "detail"]
+    assert table.loc["28316", "detail"] == "1 of 1 results are another type: Formal Shoes"  # k: the width of the ranks
+    # the same design in another colour is close in shape (visual 0.99) but not in colour: not a near-duplicate
+    assert "colour similarity 0.4" in table.loc["31175", "detail"]
+    # judged on ProductType alone, the tops are relevant to each other and only the other failures remain
+    by_type = failure_reasons(index, ranks=ranks, worst=None, queries=list(cases), relevance="ProductType")
+    assert sorted(by_type["ProductId"]) == ["28316", "33259"]
+
+
+def test_failure_reasons_of_the_real_ranking_are_chapter_05s_worst_queries(index):
+    ranks = rank_all(index, 5)
+    per_query = relevance_matrix(index, ranks, RELEVANCE["ProductType and Colour"]).mean(axis=1)  # as chapter 05
+    every = failure_reasons(index, ranks=ranks, worst=None)
+    assert len(every) == int((per_query < 1).sum())
+    np.testing.assert_allclose(every["precision"], per_query[every["query"]])
+    assert every["reason"].cat.codes.is_monotonic_increasing  # grouped in FAILURE_REASONS order
+    noise = every.set_index("ProductId").loc[["35446", "34108"]]  # each other's first result
+    assert noise["reason"].tolist() == [LABEL_NOISE] * 2 and noise["evidence"].tolist() == [["34108"], ["35446"]]
+    worst = failure_reasons(index, ranks=ranks, worst=15)
+    assert len(worst) == 15 and set(worst["reason"]) <= set(FAILURE_REASONS)
+    others = np.setdiff1d(every["query"], worst["query"])
+    assert worst["precision"].max() <= per_query[others].min()
+
+
+def test_failure_reasons_and_confusion_of_held_out_uploads(catalog, settings):
+    held_out = catalog["duplicate_group"].isin(catalog.loc[catalog["ProductId"].isin(["35446", "28316", "31175"]),
+                                                           "duplicate_group"])
+    split = pd.Series(np.where(held_out, "test", "train"), index=catalog.index)
+    index = heldout_index(catalog, split, "test", default_recipe(settings), artifacts_dir=settings.artifacts_dir)
+    uploads = catalog[held_out]
+    table = failure_reasons(index, uploads=uploads, worst=None).set_index("ProductId")
+    assert (table["query"] == -1).all()
+    # searched as an upload, 35446's photo finds 34108 (the same photo, labelled Pink) first
+    assert table.loc["35446", "reason"] == LABEL_NOISE and table.loc["35446", "evidence"] == ["34108"]
+    confusion = confusion_table(index, uploads=uploads)
+    np.testing.assert_allclose(confusion.sum(axis=1), 1.0)
+    assert sum(confusion.attrs["queries"].values()) == len(uploads)
+    with pytest.raises(SettingsError, match="also in the index"):
+        failure_reasons(index, uploads=pd.concat([uploads, index.catalog.head(1)]))
+
+
+def test_confusion_rows_sum_to_one_and_the_diagonal_is_each_types_precision(index):
+    ranks = rank_all(index, 5)
+    table = confusion_table(index, ranks=ranks)
+    np.testing.assert_allclose(table.sum(axis=1), 1.0)
+    counts = index.catalog["ProductType"].value_counts()
+    assert table.index.tolist() == sorted(counts.index, key=lambda value: (-counts[value], value))  # most queries first
+    assert table.attrs["queries"] == counts.to_dict()
+    assert table.columns.tolist()[:len(table)] == table.index.tolist()  # the diagonal is the diagonal
+    hits = relevance_matrix(index, ranks, RELEVANCE["ProductType"]).mean(axis=1)  # precision, the existing way
+    per_type = pd.Series(hits).groupby(index.catalog["ProductType"].to_numpy()).mean()
+    np.testing.assert_allclose(np.diag(table.to_numpy()), per_type[table.index].to_numpy())
+    assert table.loc["Casual Shoes", "Sports Shoes"] > 0.1  # the confusion chapter 05 shows: shoes for shoes

@@ -9,9 +9,9 @@ from engine_support import CountingNetwork
 from PIL import Image
 
 from fashion_lens.catalog import load_catalog
-from fashion_lens.errors import FeatureCacheWarning
+from fashion_lens.errors import FeatureCacheWarning, SettingsError
 from fashion_lens.feature_cache import extract_features, feature_cache_dir
-from fashion_lens.features import default_recipe, embed_images, preprocess_batch, reference_recipe, resolve_recipe
+from fashion_lens.features import default_recipe, embed_images, one_change_path, preprocess_batch, reference_recipe, resolve_recipe
 from fashion_lens.images import load_image, to_square
 from fashion_lens.index import build_index
 from fashion_lens.search import similar_products
@@ -166,3 +166,21 @@ def test_reference_mode_matches_a_direct_reimplementation_of_the_article(small_c
     ours = similar_products(index, query, k=5, include_duplicates=True)
     assert list(ours["ProductId"]) == article_order
     assert np.allclose(-ours["similarity"], np.sort(distances)[1:], rtol=1e-3)
+
+
+@pytest.mark.fast
+def test_one_change_path_walks_from_the_reference_to_the_project_one_field_per_step():
+    start = default_recipe(get_settings(backbone="mobilenet_v2"), geometry="stretch", preprocessing="rescale",
+                           pooling="flatten", metric="euclidean")
+    steps = [("metric", "cosine"), ("pooling", "grid2x2"), ("preprocessing", "backbone"), ("geometry", "crop")]
+    path = one_change_path(start, steps)
+    assert list(path) == ["start", "metric → cosine", "pooling → grid2x2", "preprocessing → backbone", "geometry → crop"]
+    recipes = list(path.values())
+    for before, after in zip(recipes, recipes[1:]):
+        changed = [field.name for field in dataclasses.fields(before) if getattr(before, field.name) != getattr(after, field.name)]
+        assert len(changed) == 1
+    assert recipes[-1] == default_recipe(get_settings(backbone="mobilenet_v2"))
+    with pytest.raises(SettingsError, match="changes nothing"):
+        one_change_path(start, [("metric", "euclidean")])
+    with pytest.raises(SettingsError, match="Unknown pooling"):
+        one_change_path(start, [("pooling", "max")])

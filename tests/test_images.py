@@ -1,6 +1,7 @@
 """Reading photos: every kind of file a user may hand over, and the square the network sees."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -8,7 +9,17 @@ from PIL import Image
 
 from fashion_lens.colour import colour_descriptor
 from fashion_lens.errors import ImageError
-from fashion_lens.images import GEOMETRIES, WHITE_THRESHOLD, foreground_box, load_image, to_square
+from fashion_lens.images import (
+    GEOMETRIES,
+    WHITE_THRESHOLD,
+    build_thumbnails,
+    foreground_box,
+    jpeg_bytes,
+    load_image,
+    stored_thumbnail,
+    thumbnail,
+    to_square,
+)
 
 
 @pytest.fixture
@@ -481,3 +492,33 @@ def test_fast_thumbnails_are_upright_as_the_exif_orientation_says(drawn_photo):
     assert shown.size == (60, 80)
     expected = np.asarray(drawn_photo.resize((60, 80), Image.Resampling.BILINEAR)).astype(int)
     assert np.abs(np.asarray(shown).astype(int) - expected).mean() < 8
+
+
+@pytest.mark.fast
+def test_thumbnails_are_made_once_into_the_store_and_again_for_a_replaced_photo(tmp_path):
+    from engine_support import product_photo
+
+    photo, store = tmp_path / "1.jpg", tmp_path / "thumbnails"
+    product_photo().save(photo)
+    first = stored_thumbnail(photo, store)
+    kept = list(store.rglob("*.jpg"))
+    assert len(kept) == 1 and kept[0].read_bytes() == first
+    assert load_image(first).size == thumbnail(photo).size  # the thumbnail, not the photo
+    made = kept[0].stat().st_mtime_ns
+    assert stored_thumbnail(photo, store) == first and kept[0].stat().st_mtime_ns == made  # read, not made again
+
+    product_photo(colour=(20, 40, 200)).save(photo)  # the photo is replaced: its old thumbnail no longer fits
+    os.utime(photo, ns=(made + 10**9, made + 10**9))
+    assert stored_thumbnail(photo, store) != first and len(list(store.rglob("*.jpg"))) == 2
+
+    assert build_thumbnails([photo, tmp_path / "missing.jpg"], store) == 1  # the unreadable one is skipped
+
+
+@pytest.mark.fast
+def test_a_store_that_cannot_be_written_still_gives_the_thumbnail(tmp_path):
+    from engine_support import product_photo
+
+    photo, blocked = tmp_path / "1.jpg", tmp_path / "a-file"
+    product_photo().save(photo)
+    blocked.write_text("not a folder")
+    assert stored_thumbnail(photo, blocked / "thumbnails") == jpeg_bytes(thumbnail(photo))

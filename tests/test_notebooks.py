@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -113,9 +114,13 @@ def test_the_recommender_chapter_ranks_from_scratch_and_checks_it_against_the_en
     assert "assert list(by_cosine) == list(by_distance) == list(engine)" in scratch[0]
 
 
-def test_the_recommender_chapter_ends_with_the_interactive_widget():
-    notebook = read(Path(run_notebooks.NOTEBOOK_DIR) / "04_recommender.ipynb")
-    assert code_cells(notebook)[-1].source == "widget = h.recommender_widget(index)\nwidget"
+WIDGET_CELL = "widget = h.recommender_widget(index, QUERY_ID)\nwidget"
+
+
+def test_the_recommender_chapter_ends_with_the_interactive_widget_opened_on_the_query():
+    cells = read(Path(run_notebooks.NOTEBOOK_DIR) / "04_recommender.ipynb").cells
+    exercises = next(number for number, cell in enumerate(cells) if cell.source.startswith("## Exercises"))
+    assert [cell.source for cell in cells[:exercises] if cell.cell_type == "code"][-1] == WIDGET_CELL
 
 
 # ---- run_notebooks.py --------------------------------------------------------------------------
@@ -182,17 +187,7 @@ def test_a_rerun_executes_only_the_chapters_whose_inputs_changed(tmp_path, capsy
 
 
 # ---- every chapter runs on real photos with the real weights -------------------------------------
-
-@pytest.fixture(scope="module")
-def sample_artifacts(tmp_path_factory, catalog_dir, mobilenet_weights) -> Path:
-    """A feature cache of these runs' own (shared by the chapters, in order, like `make demo`)."""
-    return tmp_path_factory.mktemp("notebook-artifacts")
-
-
-@pytest.fixture(scope="module")
-def executed_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("executed")
-
+# (sample_artifacts and executed_dir are session fixtures in conftest.py: test_book.py builds the book from these runs)
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids)
 def test_notebook_runs_headless_on_a_sample_of_real_photos(path, sample_artifacts, executed_dir, monkeypatch):
@@ -230,5 +225,90 @@ def test_the_recommender_chapter_shows_the_engines_answer_and_the_widget(sample_
     table = next(cell for cell in code_cells(executed) if cell.source == 'results.drop(columns="image_path")')
     shown = table.outputs[0]["data"]["text/plain"]  # rows: "<row>  <rank>  <ProductId>  ..."
     assert re.findall(r"^\s*\d+\s+\d+\s+(\d+)\s", shown, re.M)[:len(expected)] == expected
-    widget_outputs = code_cells(executed)[-1].outputs
+    widget_outputs = next(cell for cell in code_cells(executed) if cell.source == WIDGET_CELL).outputs
     assert any("application/vnd.jupyter.widget-view+json" in output.get("data", {}) for output in widget_outputs)
+    # read without a kernel, it leaves a still picture of its first answer: the query and the engine's results
+    still = next(output["data"]["text/html"] for output in widget_outputs if "text/html" in output.get("data", {}))
+    assert "widgets" not in executed.metadata, "no saved widget state: viewers show the still picture instead"
+    first = similar_products(index, "13683", k=6)["ProductId"].tolist()  # the widget's default k
+    assert list(dict.fromkeys(re.findall(r"ProductId (\d+)", still))) == ["13683", *first]  # each in alt text and caption
+    assert still.count("<img") == len(first) + 1
+    assert "ProductId 13683" in (executed_dir / "04_recommender.html").read_text(encoding="utf-8")
+
+
+class TableCells(HTMLParser):
+    """The rows of every HTML table in an output, as lists of (tag, text) cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.cell = [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("th", "td") and self.tables and self.tables[-1]:
+            self.cell = [tag, ""]
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell[1] += data
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td") and self.cell is not None:
+            self.tables[-1][-1].append((self.cell[0], self.cell[1].strip()))
+            self.cell = None
+
+
+def html_tables(notebook) -> list[tuple[list[str], list[tuple[str, list[str]]]]]:
+    """Each table as (column names, [(row name, values)]): the row name joins the row's index cells."""
+    found = []
+    for html in outputs_of(notebook, "text/html"):
+        parser = TableCells()
+        parser.feed(html if isinstance(html, str) else "".join(html))
+        for rows in parser.tables:
+            body = [row for row in rows if any(tag == "td" for tag, _ in row)]
+            if not body:
+                continue
+            width = sum(tag == "td" for tag, _ in body[0])
+            header = next((row for row in rows if not any(tag == "td" for tag, _ in row)), None)
+            if header is None:  # a layout table (the recommender's still picture), not a data frame
+                continue
+            columns = [text for _, text in header][-width:]
+            found.append((columns, [(" ".join(text for tag, text in row if tag == "th"),
+                                     [text for tag, text in row if tag == "td"]) for row in body]))
+    return found
+
+
+def test_every_score_table_shows_the_network_only_row_beside_any_label_trained_one(executed_dir):
+    """In the executed chapters: a table of precision scores says what each row learnt from the labels
+    ("labels used"), and one with a label-trained row (probes, a tuned network) has the network-only row."""
+    checked = 0
+    for path in NOTEBOOKS:
+        page = executed_dir / path.name
+        if not page.exists():
+            pytest.skip(f"{path.name} was not executed in this session")
+        for columns, rows in html_tables(read(page)):
+            if not any(column.startswith("P@") for column in columns) and "labels used" not in columns:
+                continue
+            assert "labels used" in columns, f"{path.name}: a score table without a 'labels used' column: {columns}"
+            used = [(name, values[columns.index("labels used")]) for name, values in rows]
+            if any(labels != "none" for _, labels in used):
+                checked += 1
+                assert any(labels == "none" and "network only" in name for name, labels in used), \
+                    f"{path.name}: label-trained rows {used} without the network-only row"
+    assert checked, "no executed table had a label-trained row: the check above never ran"
+
+
+def test_the_ablation_changes_exactly_one_field_per_row(executed_dir):
+    page = executed_dir / "05_evaluation.ipynb"
+    if not page.exists():
+        pytest.skip("05_evaluation was not executed in this session")
+    fields = ["geometry", "preprocessing", "pooling", "metric"]
+    (columns, rows), = [table for table in html_tables(read(page)) if set(fields) <= set(table[0])]
+    recipes = [[values[columns.index(field)] for field in fields] for _, values in rows]
+    assert recipes[0] == ["stretch", "rescale", "flatten", "euclidean"] and recipes[-1] == ["crop", "backbone", "grid2x2", "cosine"]
+    for (name, _), before, after in zip(rows[1:], recipes, recipes[1:]):
+        changed = [field for field, old, new in zip(fields, before, after) if old != new]
+        assert len(changed) == 1 and name.startswith(changed[0]), f"row {name!r} changes {changed}"

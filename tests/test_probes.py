@@ -6,11 +6,20 @@ import numpy as np
 import pytest
 
 from fashion_lens.catalog import load_catalog, product_row
-from fashion_lens.errors import FeatureCacheWarning
+from fashion_lens.errors import FeatureCacheWarning, SettingsError
 from fashion_lens.feature_cache import extract_features
 from fashion_lens.features import default_recipe
 from fashion_lens.index import build_index, describe_photo
-from fashion_lens.probes import ATTRIBUTE_FOLDS, ATTRIBUTE_PROBES, fit_attribute_probes, fit_probe, probe_inputs, stable_folds
+from fashion_lens.probes import (
+    ATTRIBUTE_FOLDS,
+    ATTRIBUTE_PROBES,
+    fit_attribute_probes,
+    fit_probe,
+    probe_accuracy,
+    probe_guesses,
+    probe_inputs,
+    stable_folds,
+)
 
 
 def _accuracy(probabilities, classes, labels):
@@ -111,3 +120,33 @@ def test_added_products_update_the_earlier_probes_as_well_as_a_fresh_fit(catalog
         labels = rows[target].to_numpy(dtype=str)
         assert abs(_accuracy(updated[target], model.classes, labels) - _accuracy(fresh[target], model.classes, labels)) < 0.01
         assert _accuracy(updated[target][added], model.classes, labels[added]) >= 0.5  # the new products too
+
+
+def test_probe_accuracy_reports_the_out_of_fold_score_beside_the_most_common_label(index):
+    table = probe_accuracy(index)
+    for target, model in index.attribute_models.items():
+        labels = index.catalog[target].to_numpy(dtype=str)
+        assert table.loc[target, "accuracy"] == pytest.approx(_accuracy(index.attributes[target], model.classes, labels))
+        assert table.loc[target, "accuracy"] <= table.loc[target, "top-3 accuracy"]
+        # the probes learn: far better than always guessing the most common label
+        assert table.loc[target, "accuracy"] > table.loc[target, "always guessing it"] + 0.2
+        assert table.loc[target, "most common label"] == index.catalog[target].value_counts().index[0]
+
+
+def test_probe_guesses_for_13683_come_from_probes_that_never_saw_it(index):
+    guesses = probe_guesses(index, "13683", top=3)
+    position = index.positions["13683"]
+    for target, model in index.attribute_models.items():
+        rows = guesses.loc[target]
+        assert list(rows.index) == [1, 2, 3] and rows["probability"].is_monotonic_decreasing
+        best = model.classes[index.attributes[target][position].argmax()]  # the out-of-fold row, not the full probe's
+        assert rows.loc[1, "label"] == best
+        assert rows.loc[1, "is its label"] == (best == index.catalog[target].iloc[position])
+    with pytest.raises(SettingsError, match="not in this index"):
+        probe_guesses(index, "no-such-product")
+
+
+def test_an_index_without_probes_says_so(index):
+    bare = dataclasses.replace(index, attributes=None, attribute_models=None)
+    with pytest.raises(SettingsError, match="no attribute probes"):
+        probe_accuracy(bare)

@@ -193,6 +193,27 @@ def test_fast_weights_must_name_an_existing_keras_weights_file(monkeypatch, tmp_
 
 
 @pytest.mark.fast
+def test_fast_weights_tuned_is_a_choice_that_only_a_function_given_the_catalogue_resolves(monkeypatch):
+    from fashion_lens.errors import WeightsError
+    from fashion_lens.features import reference_recipe
+
+    assert get_settings(weights="tuned").weights == "tuned"
+    monkeypatch.setenv("FASHION_LENS_WEIGHTS", " Tuned ")
+    assert get_settings().weights == "tuned"
+    with pytest.raises(SettingsError, match="does not exist") as raised:
+        get_settings(weights="tunned")
+    for choice in ("imagenet", "tuned", "random", "FASHION_LENS_WEIGHTS"):
+        assert choice in str(raised.value)
+    # without the catalogue there is nothing to tune on: the error names the functions that can
+    for without_catalogue in (default_recipe, reference_recipe):
+        with pytest.raises(SettingsError, match=r"load_index\(catalog, settings\).*serving_recipe"):
+            without_catalogue(get_settings())
+    with pytest.raises(WeightsError, match="serving_recipe"):
+        load_backbone("mobilenet_v2", "tuned")
+    assert default_recipe(get_settings(), weights="/some/tuned.weights.h5").weights == "/some/tuned.weights.h5"
+
+
+@pytest.mark.fast
 def test_fast_an_unwritable_artifacts_folder_is_reported_with_the_setting_to_change(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

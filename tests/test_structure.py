@@ -64,7 +64,7 @@ def test_the_front_door_exports_documented_names_only():
 
 @pytest.mark.fast
 @pytest.mark.parametrize("entry_point", ["app.py", "benchmark.py", "scale_out.py", "run_notebooks.py",
-                                         "download_data.py", "synthetic.py", "load_test.py"])
+                                         "download_data.py", "synthetic.py", "load_test.py", "build_book.py"])
 def test_entry_points_use_only_public_names(entry_point):
     tree = ast.parse((PROJECT / entry_point).read_text())
     private = [f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)

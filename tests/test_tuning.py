@@ -1,6 +1,8 @@
 """Tuning the network on the catalogue's labels, and the held-out protocol that measures it."""
 
 import dataclasses
+import functools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,8 +11,10 @@ import pytest
 from fashion_lens.catalog import sample_catalog
 from fashion_lens.errors import SettingsError
 from fashion_lens.evaluation import evaluate_uploads, heldout_index
-from fashion_lens.features import default_recipe, embed_images
-from fashion_lens.tuning import TuningConfig, split_by_group, tune_network
+from fashion_lens.features import default_recipe, embed_images, import_keras, load_backbone
+from fashion_lens.index import load_index
+from fashion_lens.settings import get_settings
+from fashion_lens.tuning import TUNING_MIN_PRODUCTS, TuningConfig, serving_recipe, split_by_group, tune_network
 
 
 def test_split_keeps_copies_on_one_side_and_products_on_theirs(catalog):
@@ -86,3 +90,61 @@ def test_held_out_uploads_are_searched_against_an_index_without_them(catalog, fe
     assert table.loc["default", "P@5 Colour"] > table.loc["network only (w = 0)", "P@5 Colour"] + 0.1
     with pytest.raises(SettingsError, match="also in the index"):
         evaluate_uploads(index, pd.concat([queries, index.catalog.head(2)]))
+
+
+# ---- weights="tuned": the network tuned on the served catalogue, as a setting ------------------
+
+def test_weights_tuned_serves_the_network_tuned_on_every_labelled_product_and_reuses_it(catalog, settings, tmp_path):
+    sample = sample_catalog(catalog, per_gender=50)  # 200 products, each with all three labels
+    assert len(sample) >= TUNING_MIN_PRODUCTS
+    served = get_settings(weights="tuned", artifacts_dir=tmp_path)
+    trained_on = []
+
+    def stand_in_trainer(products, labels, recipe, config, validation, destination, progress):
+        """What train_top_blocks leaves, in seconds: the whole backbone's weights, its top convolution
+        changed (train_top_blocks itself is tested above)."""
+        trained_on.append(set(products["ProductId"]))
+        network = import_keras().applications.MobileNetV2(include_top=False, weights=None, input_shape=(224, 224, 3))
+        network.set_weights(load_backbone(recipe.backbone, recipe.weights).get_weights())
+        top = network.get_layer("Conv_1")
+        rng = np.random.default_rng(config.seed)
+        top.set_weights([weights * rng.uniform(0.0, 2.0, weights.shape).astype(weights.dtype)
+                         for weights in top.get_weights()])
+        network.save_weights(destination)
+        return {"loss": [0.0]}
+
+    tune = functools.partial(tune_network, train=stand_in_trainer)
+    index = load_index(sample, served, progress=False, tune=tune)
+    assert trained_on == [set(sample["ProductId"])]  # tuned once, on every labelled product
+    tuned_file = Path(index.recipe.weights)
+    assert tuned_file.is_file() and tuned_file.parent.parent == tmp_path / "tuned"
+    assert index.recipe.weights_id.startswith(f"{tuned_file.name}:sha256=")
+    assert index.recipe == dataclasses.replace(default_recipe(settings, weights=str(tuned_file)),
+                                               weights_id=index.recipe.weights_id)
+    photos = sample["image_path"].head(4).tolist()
+    served_vectors = index.vectors[[index.positions[pid] for pid in sample["ProductId"].head(4)]]
+    assert np.allclose(served_vectors, embed_images(photos, index.recipe).astype(np.float32), atol=1e-3)
+    imagenet = embed_images(photos, default_recipe(settings)).astype(np.float32)
+    assert (np.einsum("ij,ij->i", served_vectors, imagenet) < 0.99).all()  # not the ImageNet descriptors
+
+    again = load_index(sample, served, progress=False, tune=tune)
+    assert len(trained_on) == 1  # the saved tuning is reused: no retraining
+    assert again.recipe == index.recipe and np.array_equal(again.vectors, index.vectors)
+    assert serving_recipe(sample, served, tune=tune) == dataclasses.replace(index.recipe, weights_id=None)
+    assert serving_recipe(sample, settings) == default_recipe(settings)  # other weights: as before
+
+
+def test_weights_tuned_refuses_a_catalogue_too_poorly_labelled_to_tune(catalog, tmp_path):
+    served = get_settings(weights="tuned", artifacts_dir=tmp_path)
+    never = functools.partial(tune_network, train=lambda *args: pytest.fail("tuned a catalogue it should refuse"))
+    sample = sample_catalog(catalog, per_gender=60)
+    few = sample_catalog(catalog, per_gender=10)
+    with pytest.raises(SettingsError, match=rf"40 products have a ProductType \(at least {TUNING_MIN_PRODUCTS}") as raised:
+        load_index(few, served, progress=False, tune=never)
+    assert "FASHION_LENS_WEIGHTS=imagenet" in str(raised.value)
+    unlabelled = sample.assign(Colour=sample["Colour"].where(sample.index < 100, ""))
+    with pytest.raises(SettingsError, match="100 products have a Colour"):
+        load_index(unlabelled, served, progress=False, tune=never)
+    with pytest.raises(SettingsError, match="every SubCategory is 'Topwear'.*FASHION_LENS_WEIGHTS=imagenet"):
+        load_index(sample.assign(SubCategory="Topwear"), served, progress=False, tune=never)
+    assert not (tmp_path / "features").exists()  # refused before any photo was described

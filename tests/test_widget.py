@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
 import html
 import io
+from html.parser import HTMLParser
+from pathlib import Path
 
 import ipywidgets
+import numpy as np
 import pandas as pd
 import pytest
 from engine_support import CountingNetwork
@@ -18,7 +22,9 @@ from fashion_lens.errors import SearchError
 from fashion_lens.images import jpeg_bytes, thumbnail
 from fashion_lens.index import DEFAULT_COLOUR_WEIGHT
 from fashion_lens.search import similar_products, similar_to_image
-from fashion_lens.widget import MAX_MATCHES, recommender_widget
+from fashion_lens.widget import MAX_MATCHES, STATIC_THUMBNAIL, recommender_widget
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def shown_cards(widget):
@@ -392,3 +398,126 @@ def test_fast_an_uploaded_photo_runs_the_network_once_and_is_searched_in_the_cho
     upload(widget, "notes.png", b"not a photo")
     assert "notes.png is not an image" in widget.message.value and network.calls == [1]
     pd.testing.assert_frame_equal(widget.results, before)
+
+
+# ---- the widget opens on a product, and leaves a static copy of its answer for viewers without a kernel ----
+
+class _StaticCells(HTMLParser):
+    """The cells of the widget's static copy (text/html): each cell's JPEG and its lines of text."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells: list[tuple[bytes, list[str]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "td":
+            self.cells.append((b"", []))
+        elif tag == "img" and self.cells:
+            assert attrs["src"].startswith("data:image/jpeg;base64,")
+            self.cells[-1] = (base64.b64decode(attrs["src"].split(",", 1)[1]), self.cells[-1][1])
+
+    def handle_data(self, data):
+        if self.cells and data.strip():
+            self.cells[-1][1].append(data.strip())
+
+
+def static_cells(bundle: dict) -> list[tuple[bytes, list[str]]]:
+    parser = _StaticCells()
+    parser.feed(bundle["text/html"])
+    return parser.cells
+
+
+def assert_static_copy_shows(widget, query_row, expected: pd.DataFrame, size: int = STATIC_THUMBNAIL):
+    """The widget's display bundle holds the live view and a static copy of `expected`: the query, then
+    each result in order, with its photo (a small JPEG) and its rank, ProductId, type, colour and similarity."""
+    bundle = widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # the live widget, unchanged
+    cells = static_cells(bundle)
+    assert len(cells) == 1 + len(expected)
+    rows = [query_row] + [row for _, row in expected.iterrows()]
+    for (jpeg, _), row in zip(cells, rows):
+        photo = Image.open(io.BytesIO(jpeg))
+        assert photo.format == "JPEG" and max(photo.size) == size
+        reference = np.asarray(thumbnail(row["image_path"], size), dtype=float)
+        assert np.abs(np.asarray(photo.convert("RGB"), dtype=float) - reference).mean() < 8  # that product's photo
+    assert cells[0][1] == ["QUERY", f"ProductId {query_row['ProductId']}",
+                           f"{query_row['ProductType']}, {query_row['Colour']}"]
+    for (_, lines), (_, row) in zip(cells[1:], expected.iterrows()):
+        assert lines == [f"#{row['rank']} · ProductId {row['ProductId']}", f"{row['ProductType']}, {row['Colour']}",
+                         f"similarity {row['similarity']:.3f}"]
+    assert ", ".join(expected["ProductId"]) in bundle["text/plain"]
+
+
+@pytest.mark.fast
+def test_fast_the_widget_opens_on_the_given_product_with_its_answer_shown(drawn_index):
+    widget = recommender_widget(drawn_index, "1005", k=4)
+    assert widget.query.product_id == "1005" and widget.gender.value == "Women"
+    assert_shows(widget, similar_products(drawn_index, "1005", k=4))
+    assert widget.query_panel.layout.display == "flex"  # the query panel is shown, not hidden as before a query
+    assert widget.query_image.value == jpeg_bytes(thumbnail(widget.index.catalog.loc[widget.index.positions["1005"],
+                                                                                     "image_path"], 150))
+    assert "4 products most similar to Product 1005 (1005)" in widget.summary.value
+    assert widget.message.value == "" and widget.history == [] and widget.back_button.disabled
+
+
+@pytest.mark.fast
+def test_fast_the_displayed_widget_carries_a_static_copy_of_its_answer(drawn_index):
+    widget = recommender_widget(drawn_index, "1004", k=8)  # two rows of results
+    row = drawn_index.catalog.loc[drawn_index.positions["1004"]]
+    assert_static_copy_shows(widget, row, similar_products(drawn_index, "1004", k=8))
+    assert widget._repr_mimebundle_()["text/html"].count("<tr>") == 2
+    shown_cards(widget)[0].button.click()  # the copy follows what is on screen when the widget is displayed
+    followed = widget.query.product_id
+    assert_static_copy_shows(widget, drawn_index.catalog.loc[drawn_index.positions[followed]],
+                             similar_products(drawn_index, followed, k=8))
+    photo = open(drawn_index.catalog.loc[drawn_index.positions["1006"], "image_path"], "rb").read()
+    uploaded = recommender_widget(dataclasses.replace(drawn_index, network=_photo_network(drawn_index, "1006")), k=3)
+    upload(uploaded, "my <shoe>.jpg", photo)
+    cells = static_cells(uploaded._repr_mimebundle_())
+    assert cells[0][1] == ["QUERY", "my <shoe>.jpg", "your photo"]  # the name escaped in the HTML, read back
+    assert max(Image.open(io.BytesIO(cells[0][0])).size) == STATIC_THUMBNAIL and len(cells) == 4
+    assert "your photo my <shoe>.jpg: " + ", ".join(uploaded.results["ProductId"]) in uploaded.static_text()
+
+
+@pytest.mark.fast
+def test_fast_a_widget_without_a_query_leaves_a_note_instead_of_a_blank(drawn_index):
+    bundle = recommender_widget(drawn_index)._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "run the notebook" in bundle["text/html"] and "<img" not in bundle["text/html"]
+    assert "no product chosen yet" in bundle["text/plain"]
+
+
+def test_a_notebook_exported_without_a_kernel_shows_the_static_copy_of_the_first_answer(index, tmp_path):
+    """Executed for real (nbclient), exported by nbconvert's HTMLExporter. Without widget state in
+    the notebook, nbconvert shows text/html (its WidgetsDataTypeFilter skips the widget view); with the
+    state nbclient saves by default, it shows the widget view, which needs the widgets' JavaScript."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    import helpers
+    from run_notebooks import ensure_kernel
+
+    setup = ("import helpers as h\n"
+             "catalog = h.sample_catalog(h.load_catalog(), per_gender=6)\n"
+             "index = h.build_index(catalog, h.extract_features(catalog, h.default_recipe(), progress=False))")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(setup),
+                                               nbformat.v4.new_code_cell("h.recommender_widget(index, '8341', k=4)")])
+    NotebookClient(notebook, kernel_name=ensure_kernel(), timeout=600,
+                   resources={"metadata": {"path": str(PROJECT_DIR)}}).execute()
+    output = notebook.cells[1].outputs[0]
+    assert {"application/vnd.jupyter.widget-view+json", "text/html"} <= set(output["data"])
+
+    sample = helpers.sample_catalog(helpers.load_catalog(), per_gender=6)
+    small = helpers.build_index(sample, helpers.extract_features(sample, helpers.default_recipe(), progress=False))
+    expected = similar_products(small, "8341", k=4)
+    with_state, _ = HTMLExporter().from_notebook_node(notebook)
+    assert 'type="application/vnd.jupyter.widget-view+json"' in with_state and "fl-static" not in with_state
+    del notebook.metadata["widgets"]  # as a notebook saved without widget state (JupyterLab's default)
+    page, _ = HTMLExporter().from_notebook_node(notebook)
+    (tmp_path / "exported.html").write_text(page)
+    assert "fl-static" in page and page.count("data:image/jpeg;base64,") == 1 + len(expected)
+    shown = [line for _, lines in static_cells({"text/html": page[page.index('<div class="fl-static">'):]})
+             for line in lines if line.startswith("#")]
+    assert shown == [f"#{row['rank']} · ProductId {row['ProductId']}" for _, row in expected.iterrows()]
