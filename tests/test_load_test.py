@@ -6,6 +6,7 @@ is asserted: the figures of a load test depend on the machine."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 
 from PIL import Image
@@ -36,18 +37,25 @@ async def answers_and_a_photo(url: str, product_ids: list[str]):
         await user.close()
 
 
+def run_apart(coroutine):
+    """asyncio.run in a thread of its own: the browser tests' Playwright keeps an event loop running
+    in this one for the whole session, and asyncio.run refuses to start inside it."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def test_the_protocol_client_gets_the_apps_answers_and_photos(catalog_copy, mobilenet_weights, tmp_path):
     artifacts, home = tmp_path / "artifacts", tmp_path / "home"
     home.mkdir()
     environment = {"FASHION_LENS_DATA": str(catalog_copy), "FASHION_LENS_ARTIFACTS": str(artifacts), "HOME": str(home)}
     with served_app(tmp_path / "streamlit.log", environment) as (server, url):
-        first = asyncio.run(first_page(url))  # computes the copy's features: the engine here then reads the same
+        first = run_apart(first_page(url))  # computes the copy's features: the engine here then reads the same
         index = load_index(settings=get_settings(data_dir=catalog_copy, artifacts_dir=artifacts), progress=False)
         ids = [index.catalog.at[rows.start + 1, "ProductId"] for rows in index.gender_rows.values()]
-        answers, unknown, photo = asyncio.run(answers_and_a_photo(url, ids))
+        answers, unknown, photo = run_apart(answers_and_a_photo(url, ids))
         # the load itself, briefly, over the products that have a full page of results
         full = [pid for pid in index.catalog["ProductId"] if len(similar_products(index, pid, k=RESULTS)) == RESULTS]
-        figures = asyncio.run(run_load(url, server.pid, full, users=2, seconds=3, think=0))
+        figures = run_apart(run_load(url, server.pid, full, users=2, seconds=3, think=0))
 
     default = index.catalog["ProductId"].iloc[0]  # the first page answers the catalogue's first product
     assert first.alerts == [] and len(first.text_inputs) == 1
