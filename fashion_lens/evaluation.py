@@ -173,6 +173,14 @@ def heldout_index(catalog: pd.DataFrame, split: pd.Series, part: str, recipe: Fe
     return build_index(indexed, extract_features(indexed, recipe, artifacts_dir=artifacts_dir, progress=progress))
 
 
+def check_held_out(index: Index, queries: pd.DataFrame, noun: str) -> None:
+    """Refuse held-out queries whose photo (or a copy of it) the index holds: they would find themselves."""
+    leaked = queries["ProductId"][queries["image_sha256"].isin(set(index.catalog["image_sha256"]))].tolist()
+    if leaked:
+        raise SettingsError(f"{len(leaked)} {noun} photo(s) are also in the index (e.g. {leaked[:3]}): held-out "
+                            "queries must be left out of it, copies included (use split_by_group and heldout_index).")
+
+
 def evaluate_uploads(index: Index, queries: pd.DataFrame, k: int = 5,
                      colour_weights: dict[str, float | None] | None = None) -> pd.DataFrame:
     """precision@k of held-out photos searched as uploads (describe_photo, then within the query's
@@ -181,11 +189,7 @@ def evaluate_uploads(index: Index, queries: pd.DataFrame, k: int = 5,
 
     >>> evaluate_uploads(heldout_index(catalog, split, "test", recipe), catalog[split == "test"])  # doctest: +SKIP
     """
-    seen = set(index.catalog["image_sha256"])
-    leaked = queries["ProductId"][queries["image_sha256"].isin(seen)].tolist()
-    if leaked:
-        raise SettingsError(f"{len(leaked)} query photo(s) are also in the index (e.g. {leaked[:3]}): held-out "
-                            "queries must be left out of it, copies included (use split_by_group and heldout_index).")
+    check_held_out(index, queries, "query")
     if colour_weights is None:
         colour_weights = {"network only (w = 0)": 0.0, "default": None}
     if index.metric == "euclidean":  # raw distances do not blend: only the network's ranking exists
@@ -286,10 +290,7 @@ def _answers(index: Index, k: int, colour_weight, ranks, queries, uploads) -> di
         return {"labels": index.catalog.iloc[chosen].reset_index(drop=True), "query": chosen,
                 "found": ranks[chosen], "vectors": index.vectors[chosen], "colours": index.colours[chosen],
                 "groups": index.groups[chosen]}
-    leaked = uploads["ProductId"][uploads["image_sha256"].isin(set(index.catalog["image_sha256"]))].tolist()
-    if leaked:
-        raise SettingsError(f"{len(leaked)} upload photo(s) are also in the index (e.g. {leaked[:3]}): held-out "
-                            "queries must be left out of it, copies included (use split_by_group and heldout_index).")
+    check_held_out(index, uploads, "upload")
     uploads = uploads[uploads["Gender"].isin(list(index.gender_rows))].reset_index(drop=True)
     found, vectors, colours = np.full((len(uploads), k), -1, dtype=np.int64), [], []
     for row, (gender, photo) in enumerate(zip(uploads["Gender"], uploads["image_path"])):
