@@ -28,8 +28,11 @@ demo: data  ## the main job: data, features, every notebook executed into artifa
 book: setup  ## the executed chapters as a static site in artifacts/book (open artifacts/book/index.html); run `make demo` first
 	$(BIN)/python build_book.py
 
+# Two test processes: much of the suite waits on browsers, servers, kernels and Ray workers, so a second
+# process uses the idle core. Each test file runs whole in one of them (tests/conftest.py schedules them).
+TEST_PROCESSES ?= 2
 test: setup  ## the whole test suite on the real catalogue (tests whose inputs are missing skip, and the run says how to get them)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES)
 
 test-fast: setup  ## the fast layer only: no catalogue, weights or browser needed
 	$(BIN)/python -m pytest -m fast

@@ -76,6 +76,9 @@ class Index:
     left_out: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)  # ProductId -> why it is not indexed
     milvus_uri: str | None = None  # search through Milvus there (the milvus_uri setting; see milvus_search)
     milvus: object | None = dataclasses.field(default=None, repr=False)  # the connected collection (sync_milvus)
+    # the colour_names of rows already shown as results (a result's "why" names its colours: cached, not
+    # recounted); init=False: a copy made with dataclasses.replace starts with an empty cache
+    named_colours: dict[int, list[str]] = dataclasses.field(default_factory=dict, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.catalog)

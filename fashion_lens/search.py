@@ -17,6 +17,9 @@ from .milvus_search import rank_with_milvus, uses_milvus
 
 MAX_RESULTS = 100
 MAX_SHOWN = 20  # results on one screen of the widget or the app
+# the catalogue's columns in a result table (between its rank and its scores), and those the "why" compares
+RESULT_COLUMNS = ["ProductId", "ProductTitle", "Gender", *FILTER_COLUMNS, "image_path"]
+WHY_COLUMNS = ("ProductType", "Colour", "Usage")
 # A photo whose product could not be told apart from its background (Query.doubt) has uncertain
 # colours: its ranking keeps only this share of the colour weight and leans on shape.
 UNSURE_COLOUR_SHARE = 0.25
@@ -256,19 +259,27 @@ def _search(index: Index, query: Query, k, rows: slice, exclude, options: Search
     filters = options.filters()
     mask = filter_mask(index, rows, filters)
     positions, scores = rank(index, query, rows, k, exclude, mask, colour_weight, filters)
-    results = index.catalog.loc[positions, ["ProductId", "ProductTitle", "Gender", *FILTER_COLUMNS, "image_path"]]
-    results = results.assign(**scores).reset_index(drop=True)
     if minimum is not None:
-        results = results[results["similarity"] >= minimum].reset_index(drop=True)
-    results.insert(0, "rank", np.arange(1, len(results) + 1))
+        kept = scores["similarity"] >= minimum
+        positions, scores = positions[kept], {name: values[kept] for name, values in scores.items()}
+    # the table is built from arrays, not row by row: in the app this runs at every answer
+    columns = {column: index.catalog[column].array.take(positions) for column in RESULT_COLUMNS}
     product = None if query.position is None else index.catalog.loc[query.position]
     query_colours = colour_names(query.colour, top=3)
-    results["why"] = [explain_similarity(product, row, colour_names(index.colours[position]), query_colours, query.doubt)
-                      for position, (_, row) in zip(positions, results.iterrows())]
-    return results
+    labels = [dict(zip(WHY_COLUMNS, values)) for values in zip(*(columns[column] for column in WHY_COLUMNS))]
+    why = [explain_similarity(product, result, _named_colours(index, position), query_colours, query.doubt)
+           for position, result in zip(positions.tolist(), labels)]
+    return pd.DataFrame({"rank": np.arange(1, len(positions) + 1), **columns, **scores, "why": why})
 
 
-def explain_similarity(query: pd.Series | None, result: pd.Series, result_colours: list[str],
+def _named_colours(index: Index, position: int) -> list[str]:
+    """colour_names of an index row, counted once per index (Index.named_colours)."""
+    if position not in index.named_colours:
+        index.named_colours[position] = colour_names(index.colours[position])
+    return index.named_colours[position]
+
+
+def explain_similarity(query: pd.Series | dict | None, result: pd.Series | dict, result_colours: list[str],
                        query_colours: list[str], doubt: str | None = None) -> str:
     """A short 'why similar': the attributes the two products share and their dominant colours
     (`result_colours` and `query_colours`: their colour_names, named once per product).
@@ -277,7 +288,7 @@ def explain_similarity(query: pd.Series | None, result: pd.Series, result_colour
     so no colour is claimed as shared and the text says the colours are uncertain."""
     parts = []
     if query is not None:
-        shared = [f"{column} {result[column]}" for column in ("ProductType", "Colour", "Usage")
+        shared = [f"{column} {result[column]}" for column in WHY_COLUMNS
                   if result[column] and query[column] == result[column]]  # two blanks share nothing
         if shared:
             parts.append("same " + ", ".join(shared))

@@ -37,7 +37,7 @@ from .features import FeatureRecipe, default_recipe, import_keras, load_backbone
 from .settings import ENVIRONMENT_VARIABLES, TUNED_WEIGHTS, Settings, get_settings
 from .storage import atomic_write, file_sha256, folder_lock, writable_dir
 
-TUNING_VERSION = "top-blocks-multitask-cosine-v2"
+TUNING_VERSION = "top-blocks-multitask-cosine-v3"
 TUNED_LABELS = ("ProductType", "Colour", "SubCategory")
 # Where the frozen lower blocks end: the last 14x14 block; everything after it (the 7x7 blocks and
 # the last convolution, most of the weights) is tuned.
@@ -238,11 +238,13 @@ def train_top_blocks(catalog: pd.DataFrame, labels: dict, recipe: FeatureRecipe,
     import tensorflow as tf
 
     keras = import_keras()
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
     # a fresh copy of the starting network: the shared one (load_backbone) stays untouched
     start = keras.applications.MobileNetV2 if recipe.backbone == "mobilenet_v2" else keras.applications.ResNet50
     shared = load_backbone(recipe.backbone, recipe.weights)
+    # seeded after the shared network is loaded: building it on a first call draws random numbers,
+    # which would give the heads other starting weights than a later tuning in the same process
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
     backbone = start(include_top=False, weights=None, input_shape=shared.input_shape[1:])
     backbone.set_weights(shared.get_weights())
     cut = backbone.get_layer(CUT_LAYERS[recipe.backbone]).output
@@ -279,9 +281,13 @@ def train_top_blocks(catalog: pd.DataFrame, labels: dict, recipe: FeatureRecipe,
         seen, usable = lower_activations(validation, recipe)
         held_out = (seen, {target: codes[usable] for target, codes in encode(validation).items()})
     history = []
+    # the order of each epoch is drawn here, from the seed: fit's own shuffling draws from TensorFlow's
+    # process-wide random state, which a tuning earlier in the same process has moved on
+    order = np.random.default_rng(config.seed)
     for epoch in range(config.epochs):
-        fitted = model.fit(activations.astype(np.float32), targets, batch_size=config.batch_size, epochs=1,
-                           shuffle=True, verbose=0)
+        shuffled = order.permutation(len(activations))
+        fitted = model.fit(activations[shuffled].astype(np.float32), {target: codes[shuffled] for target, codes in targets.items()},
+                           batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
         row = {"loss": float(fitted.history["loss"][0])}
         if held_out is not None:
             predicted = model.predict(held_out[0].astype(np.float32), batch_size=64, verbose=0)

@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 pytest_plugins = ["browser_support"]
 pytest.register_assert_rewrite("browser_support")  # imported here before pytest loads it as a plugin
@@ -174,6 +175,8 @@ def pytest_configure(config):
     if not artifacts:
         INPUTS.artifacts = Path(tempfile.mkdtemp(prefix="fashion-lens-artifacts-"))
         artifacts = str(INPUTS.artifacts)
+        # the test processes of `pytest -n` (started after this) share it: the catalogue's features are made once
+        os.environ["FASHION_LENS_TEST_ARTIFACTS"] = artifacts
     os.environ.update({
         "KERAS_HOME": str(INPUTS.keras_home),
         # Without a catalogue, a folder that does not exist: no test reads or writes the user's data folder.
@@ -297,7 +300,10 @@ def features(catalog, settings):
     """MobileNetV2 descriptors of the whole catalogue (computed once, about a minute on 2 cores)."""
     import helpers
 
-    return helpers.extract_features(catalog, helpers.default_recipe(settings), progress=False)
+    # one test process extracts; another one (pytest -n) waits, then reads the cache it wrote
+    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(settings.artifacts_dir / "test-features.lock"):
+        return helpers.extract_features(catalog, helpers.default_recipe(settings), progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -339,7 +345,31 @@ def executed_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("executed")
 
 
+# `pytest -n N` (make test): each test file runs whole in one process, so that its module fixtures (a
+# Ray instance, a Milvus server, a tuning) are made once; these files share one process, as the book
+# is built from the chapters test_notebooks.py executed.
+TOGETHER = {"test_notebooks.py": "chapters", "test_book.py": "chapters"}
+# The longest files start first, so that the processes finish about together.
+LONGEST_FIRST = ["test_notebooks.py", "test_book.py", "test_scale_out.py", "test_browser_jupyterlab.py",
+                 "test_ann.py", "test_milvus.py", "test_tuning.py"]
+
+
 def pytest_collection_modifyitems(config, items):
-    """test_book.py after test_notebooks.py (the file order would put it first), so that the book reuses the
-    chapters executed there instead of executing them once more."""
-    items.sort(key=lambda item: item.path.name == "test_book.py")  # a stable sort: the order is otherwise kept
+    """The longest test files first, test_book.py right after test_notebooks.py (the book reuses the
+    chapters executed there instead of executing them once more); the order is otherwise kept."""
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduling by scope, a scope being a test file (or TOGETHER's group), in the
+    order above."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return TOGETHER.get(Path(path).name, path)
+
+    config.option.loadscopereorder = False  # keep LONGEST_FIRST's order, not the files' test counts
+    return ByFile(config, log)

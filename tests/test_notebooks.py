@@ -23,6 +23,9 @@ from fashion_lens.settings import get_settings
 NOTEBOOKS = run_notebooks.notebook_paths()
 SAMPLE = 15  # products per gender: every method and plot runs, in a few minutes for all chapters
 PARAMETERS = {"BACKBONE": "mobilenet_v2", "SAMPLE": SAMPLE}
+# Each chapter's own slow step, shortened on the sample: a handful of photos through the article's
+# one-photo-per-call method, and three tuning epochs (the full tuning is tested in test_tuning.py).
+CHAPTER_PARAMETERS = {"04": {"REFERENCE_SAMPLE": 20}, "05": {"REFERENCE_SAMPLE": 8}, "06": {"EPOCHS": 3}}
 ids = [path.stem for path in NOTEBOOKS]
 
 
@@ -193,7 +196,11 @@ def test_a_rerun_executes_only_the_chapters_whose_inputs_changed(tmp_path, capsy
 def test_notebook_runs_headless_on_a_sample_of_real_photos(path, sample_artifacts, executed_dir, monkeypatch):
     monkeypatch.setenv("FASHION_LENS_ARTIFACTS", str(sample_artifacts))  # the kernels inherit it
 
-    outputs = run_notebooks.run_notebook(path, executed_dir, PARAMETERS)  # raises, naming the cell, on any error
+    parameters = {**PARAMETERS, **CHAPTER_PARAMETERS.get(path.name[:2], {})}
+    tagged = next(cell for cell in code_cells(read(path)) if "parameters" in cell.metadata.get("tags", []))
+    unknown = [name for name in parameters if not re.search(rf"^{name} = ", tagged.source, re.M)]
+    assert not unknown, f"{path.name}'s parameters cell has no {unknown}"
+    outputs = run_notebooks.run_notebook(path, executed_dir, parameters)  # raises, naming the cell, on any error
 
     executed = read(outputs["notebook"])
     assert all(cell.execution_count is not None for cell in code_cells(executed)), "every code cell ran"

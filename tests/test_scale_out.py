@@ -53,8 +53,8 @@ def recipe(settings):
 
 @pytest.fixture(scope="module")
 def rows(catalog):
-    """160 real products spread over the whole catalogue (every gender and category)."""
-    return catalog.iloc[::18].head(160).reset_index(drop=True)
+    """64 real products spread over the whole catalogue (every gender and category)."""
+    return catalog.iloc[::45].head(64).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +126,9 @@ def test_a_second_run_sends_nothing_out_and_the_single_process_path_computes_not
 
 def test_a_lost_worker_is_replaced_and_only_missing_photos_are_sent_out(local_ray, rows, recipe, single_process, tmp_path):
     artifacts, marker = tmp_path / "artifacts", tmp_path / "worker-crashed"
-    some = rows.head(160)
-    # a cache that already holds 64 of them, written by the single-process path
-    extract_features(some.head(64), recipe, artifacts_dir=artifacts, progress=False)
+    some = rows
+    # a cache that already holds 24 of them, written by the single-process path
+    extract_features(some.head(24), recipe, artifacts_dir=artifacts, progress=False)
     # and one product whose photo is not an image
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"these bytes are not a JPEG")
@@ -137,10 +137,10 @@ def test_a_lost_worker_is_replaced_and_only_missing_photos_are_sent_out(local_ra
 
     with pytest.warns(UserWarning, match="1 photo.* could not be read.*990001"):
         report = scale_out.extract_features_on_ray(with_broken, recipe, workers=WORKERS, artifacts_dir=artifacts,
-                                                   batch_size=16, shard_size=16, progress=False, fault_drill=marker)
+                                                   batch_size=8, shard_size=8, progress=False, fault_drill=marker)
 
     assert marker.exists(), "the fault drill did not make a worker crash"
-    assert (report.dispatched, report.computed) == (97, 96)
+    assert (report.dispatched, report.computed) == (41, 40)
     assert list(report.failures) == ["990001"] and "not an image" in report.failures["990001"]
     stored = read_cache_strictly(report.cache_dir, recipe)
     assert sorted(stored["ids"]) == sorted(some["ProductId"])  # complete, and no photo stored twice

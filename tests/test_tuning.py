@@ -30,18 +30,29 @@ def test_split_keeps_copies_on_one_side_and_products_on_theirs(catalog):
         split_by_group(catalog, dev=0.5, test=0.5)
 
 
-@pytest.fixture
-def tiny(catalog, settings, tmp_path):
+TINY_CONFIG = TuningConfig(epochs=1, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def tiny(catalog, settings, tmp_path_factory):
     """A small sample split three ways, and settings that tune into a private folder."""
-    sample = sample_catalog(catalog, per_gender=40)
-    return sample, split_by_group(sample), dataclasses.replace(settings, artifacts_dir=tmp_path)
+    sample = sample_catalog(catalog, per_gender=30)
+    return sample, split_by_group(sample), dataclasses.replace(settings, artifacts_dir=tmp_path_factory.mktemp("tuned"))
 
 
-def test_tuning_learns_from_the_training_products_only_and_is_reused(tiny, catalog):
+@pytest.fixture(scope="module")
+def tuned_once(tiny):
+    """One real tuning of the tiny sample's training products (one epoch), with the dev products as validation."""
     sample, split, settings = tiny
-    config = TuningConfig(epochs=1, batch_size=16)
+    return tune_network(sample[split == "train"], settings, config=TINY_CONFIG, validation=sample[split == "dev"],
+                        progress=False)
+
+
+def test_tuning_learns_from_the_training_products_only_and_is_reused(tiny, tuned_once, catalog, tmp_path):
+    sample, split, settings = tiny
+    config = TINY_CONFIG
     train, dev = sample[split == "train"], sample[split == "dev"]
-    tuned = tune_network(train, settings, config=config, validation=dev, progress=False)
+    tuned = tuned_once
     trained = set(tuned.manifest["trained_ids"])
     assert trained == set(train["ProductId"])
     held_out = catalog[catalog["image_sha256"].isin(sample.loc[split != "train", "image_sha256"])]
@@ -60,17 +71,17 @@ def test_tuning_learns_from_the_training_products_only_and_is_reused(tiny, catal
         return {"loss": [0.0]}
 
     relabelled = train.assign(Colour=train["Colour"].where(train.index != train.index[0], "Purple"))
-    tune_network(relabelled, settings, config=config, validation=dev, progress=False, train=record)
+    tune_network(relabelled, dataclasses.replace(settings, artifacts_dir=tmp_path), config=config, validation=dev,
+                 progress=False, train=record)
     assert len(calls) == 1  # a changed label retrains
 
 
-def test_tuning_is_deterministic_and_changes_the_descriptors(tiny, tmp_path):
+def test_tuning_is_deterministic_and_changes_the_descriptors(tiny, tuned_once, tmp_path):
     sample, split, settings = tiny
-    config = TuningConfig(epochs=1, batch_size=16)
-    train = sample[split == "train"]
-    first = tune_network(train, settings, config=config, progress=False)
-    second = tune_network(train, dataclasses.replace(settings, artifacts_dir=tmp_path / "again"), config=config,
-                          progress=False)
+    first = tuned_once
+    second = tune_network(sample[split == "train"], dataclasses.replace(settings, artifacts_dir=tmp_path / "again"),
+                          config=TINY_CONFIG, validation=sample[split == "dev"], progress=False)
+    assert second.weights != first.weights  # tuned afresh in its own folder
     photo = sample["image_path"].iloc[0]
     tuned, repeated = (embed_images([photo], network.recipe) for network in (first, second))
     assert np.allclose(tuned, repeated, atol=1e-5)
