@@ -29,7 +29,7 @@ from fashion_lens.milvus_search import sync_milvus
 from fashion_lens.search import MAX_SHOWN, doubt_note, filter_choices, product_position, search_backend, similar_products, similar_to_query
 from fashion_lens.settings import ENVIRONMENT_VARIABLES, RANDOM_WEIGHTS, Settings, get_settings
 
-GRID_COLUMNS = 5
+RESULT_WIDTH = 180  # pixels: five results to a row on a laptop screen, the photos' 256-pixel thumbnails shrunk
 ALL_GENDERS = "All genders"
 # similar_products / similar_to_image keyword for each filter column
 FILTER_ARGUMENTS = {"SubCategory": "subcategory", "ProductType": "product_type", "Colour": "colour", "Usage": "usage"}
@@ -208,12 +208,19 @@ def show_query(image, caption: str, heading: str, details: str) -> None:
     with st.container(key="query"):
         left, right = st.columns([1, 4], vertical_alignment="center")
         left.image(image, caption=caption, width="stretch")
-        right.markdown(f"### {heading}")
-        right.markdown(details)
+        right.markdown(f"### {heading}\n\n{details}")
+
+
+def result_caption(item: dict) -> str:
+    """What a result photo says under it: id and title first (the load test reads the id there), then
+    its rank, similarity and why it was chosen."""
+    return f"{item['ProductId']} · {item['ProductTitle']}  \n**#{item['rank']}** · similarity **{item['similarity']:.2f}**  \n{item['why']}"
 
 
 def show_results(results: pd.DataFrame, seconds: float, where: str, filters: dict) -> None:
-    """The grid of result photos (title, id, similarity, why), then the same as a table."""
+    """The result photos with their captions (title, id, rank, similarity, why), and the same as a
+    table on request. The photos go out as one page element: each element is a message the server
+    queues, hashes and sends, and under load that work, not the search, decides how fast pages answer."""
     if results.empty:
         st.warning(f"No product matches the filters ({describe_filters(filters)}) among {where}. "
                    "Loosen the filters in the sidebar.")
@@ -221,15 +228,10 @@ def show_results(results: pd.DataFrame, seconds: float, where: str, filters: dic
     st.markdown(f"#### {len(results)} most similar among {where}")
     st.caption(f"Answered in {1000 * seconds:.0f} ms"
                + (f" · filters: {describe_filters(filters)}" if filters else ""))
-    with st.container(key="results"):
-        for start in range(0, len(results), GRID_COLUMNS):
-            for column, (_, item) in zip(st.columns(GRID_COLUMNS), results.iloc[start:start + GRID_COLUMNS].iterrows()):
-                with column:  # thumbnail: the photo upright, as its EXIF orientation says
-                    st.image(product_thumbnail(item["image_path"]), caption=f"{item['ProductId']} · {item['ProductTitle']}",
-                             width="stretch")
-                    st.markdown(f"**#{item['rank']}** · similarity **{item['similarity']:.2f}**")
-                    st.caption(item["why"])
-    with st.expander("Results as a table"):
+    with st.container(key="results"):  # thumbnail: the photo upright, as its EXIF orientation says
+        st.image([product_thumbnail(path) for path in results["image_path"]],
+                 caption=[result_caption(item) for item in results.to_dict("records")], width=RESULT_WIDTH)
+    if st.toggle("Show the results as a table", key="results_as_table"):
         st.dataframe(results[["rank", "ProductId", "ProductTitle", "Gender", *FILTER_COLUMNS, "similarity",
                               "visual_similarity", "colour_similarity", "why"]],
                      hide_index=True, key="results_table")

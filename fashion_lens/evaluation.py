@@ -17,8 +17,8 @@ from .catalog import id_order
 from .errors import SettingsError
 from .feature_cache import extract_features
 from .features import FeatureRecipe
-from .index import Index, build_index, describe_photo, pair_similarities, product_query, top_k
-from .search import check_colour_weight, similar_to_query
+from .index import Index, build_index, describe_photos, pair_similarities, product_query, top_k
+from .search import check_colour_weight, query_positions
 from .tuning import WEIGHTS_FILE as TUNED_WEIGHTS_FILE
 from .tuning import split_by_group
 
@@ -183,7 +183,7 @@ def check_held_out(index: Index, queries: pd.DataFrame, noun: str) -> None:
 
 def evaluate_uploads(index: Index, queries: pd.DataFrame, k: int = 5,
                      colour_weights: dict[str, float | None] | None = None) -> pd.DataFrame:
-    """precision@k of held-out photos searched as uploads (describe_photo, then within the query's
+    """precision@k of held-out photos searched as uploads (describe_photos, then within the query's
     gender), one row per colour weight: {row name: weight}, by default the network alone (0) and
     the project's default. The index must not hold any query's photo (build it with heldout_index).
 
@@ -194,25 +194,27 @@ def evaluate_uploads(index: Index, queries: pd.DataFrame, k: int = 5,
         colour_weights = {"network only (w = 0)": 0.0, "default": None}
     if index.metric == "euclidean":  # raw distances do not blend: only the network's ranking exists
         colour_weights = {name: weight for name, weight in colour_weights.items() if weight == 0.0}
-    hits = {name: {relevance: [] for relevance in RELEVANCE} for name in colour_weights}
-    labels = index.catalog.set_index("ProductId")
-    for _, query_row in queries.iterrows():
-        if query_row["Gender"] not in index.gender_rows:
-            continue
-        query = describe_photo(index, query_row["image_path"])
-        for name, weight in colour_weights.items():
-            found = similar_to_query(index, query, k, gender=query_row["Gender"], colour_weight=weight)
-            results = labels.loc[found["ProductId"]]
-            for relevance, columns in RELEVANCE.items():
-                shares = np.ones(len(results), dtype=bool)
-                for column in columns:
-                    shares &= results[column].to_numpy() == query_row[column]
-                hits[name][relevance].append(np.pad(shares, (0, k - len(shares))).mean())
-    return pd.DataFrame({name: {"labels used": labels_used(index, colour_weights[name]),
-                                **{f"P@{k} {relevance}": float(np.mean(values)) if values else float("nan")
-                                   for relevance, values in by_relevance.items()}}
-                         for name, by_relevance in hits.items()}).T.infer_objects()
+    queries = queries[queries["Gender"].isin(list(index.gender_rows))]
+    described = describe_photos(index, list(queries["image_path"]))
+    scores = {}
+    for name, weight in colour_weights.items():
+        found = upload_results(index, queries["Gender"], described, k, weight)
+        scores[name] = {"labels used": labels_used(index, weight)}
+        for relevance, columns in RELEVANCE.items():
+            relevant = found >= 0
+            for column in columns:
+                relevant &= index.catalog[column].to_numpy()[found] == queries[column].to_numpy()[:, None]
+            scores[name][f"P@{k} {relevance}"] = precision_at_k(relevant)
+    return pd.DataFrame(scores).T.infer_objects()
 
+
+def upload_results(index: Index, genders, described: list, k: int, colour_weight) -> np.ndarray:
+    """(N, k) index rows of the results of described uploads, each searched within its gender; -1 pads short lists."""
+    found = np.full((len(described), k), -1, dtype=np.int64)
+    for row, (gender, query) in enumerate(zip(genders, described, strict=True)):
+        positions = query_positions(index, query, k, gender=gender, colour_weight=colour_weight)
+        found[row, :len(positions)] = positions
+    return found
 
 
 def choose_colour_weight(index: Index, queries: pd.DataFrame, k: int = 5, weights=(0.0, 0.2, 0.4, 0.6, 0.8),
@@ -292,16 +294,12 @@ def _answers(index: Index, k: int, colour_weight, ranks, queries, uploads) -> di
                 "groups": index.groups[chosen]}
     check_held_out(index, uploads, "upload")
     uploads = uploads[uploads["Gender"].isin(list(index.gender_rows))].reset_index(drop=True)
-    found, vectors, colours = np.full((len(uploads), k), -1, dtype=np.int64), [], []
-    for row, (gender, photo) in enumerate(zip(uploads["Gender"], uploads["image_path"])):
-        query = describe_photo(index, photo)
-        results = similar_to_query(index, query, k, gender=gender, colour_weight=colour_weight)["ProductId"]
-        found[row, :len(results)] = [index.positions[pid] for pid in results]
-        vectors.append(query.vector)
-        colours.append(query.colour)
+    described = describe_photos(index, list(uploads["image_path"]))
     width = (index.vectors.shape[1], index.colours.shape[1])
-    return {"labels": uploads, "query": np.full(len(uploads), -1), "found": found,
-            "vectors": np.reshape(vectors, (-1, width[0])), "colours": np.reshape(colours, (-1, width[1])),
+    return {"labels": uploads, "query": np.full(len(uploads), -1),
+            "found": upload_results(index, uploads["Gender"], described, k, colour_weight),
+            "vectors": np.reshape([query.vector for query in described], (-1, width[0])),
+            "colours": np.reshape([query.colour for query in described], (-1, width[1])),
             "groups": np.full(len(uploads), -1)}
 
 

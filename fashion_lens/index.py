@@ -16,8 +16,10 @@ with any number of BLAS threads.
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -228,15 +230,27 @@ def product_query(index: Index, position: int) -> Query:
 def describe_photo(index: Index, image) -> Query:
     """Run a photo (path, bytes, file object or PIL image) through exactly the catalogue's pipeline.
     The Query's `doubt` says when the product could not be told apart from its background."""
+    return describe_photos(index, [image])[0]
+
+
+def describe_photos(index: Index, images, batch_size: int = 32) -> list[Query]:
+    """describe_photo for many photos at once (held-out evaluation searches hundreds as uploads): the
+    same pipeline, with the photos read in parallel and the network run on batches of `batch_size`."""
     recipe = index.recipe
-    square, colour, separation = photo_inputs(load_image(image), recipe)
-    vector = index.network(square[None], recipe)
-    colour = colour[None]
-    attributes = None
+    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 2) or 1) as pool:
+        inputs = list(pool.map(lambda image: photo_inputs(load_image(image), recipe), images))
+    if not inputs:
+        return []
+    squares = np.stack([square for square, _, _ in inputs])
+    colours = np.stack([colour for _, colour, _ in inputs])
+    vectors = np.concatenate([np.asarray(index.network(squares[start:start + batch_size], recipe), dtype=np.float32)
+                              for start in range(0, len(squares), batch_size)])
+    attributes = {}
     if index.attribute_models is not None:
-        inputs = probe_inputs(vector, colour, recipe.pooling)
-        attributes = {target: model.predict(inputs)[0] for target, model in index.attribute_models.items()}
-    return Query(np.asarray(vector[0], dtype=np.float32), colour[0], attributes, doubt=separation.doubt)
+        probe_input = probe_inputs(vectors, colours, recipe.pooling)
+        attributes = {target: model.predict(probe_input) for target, model in index.attribute_models.items()}
+    return [Query(vectors[row], colours[row], {target: found[row] for target, found in attributes.items()} or None,
+                  doubt=separation.doubt) for row, (_, _, separation) in enumerate(inputs)]
 
 
 # ---- fast float32 similarities: for finding candidates --------------------------------------

@@ -242,15 +242,26 @@ def similar_to_query(index: Index, query: Query, k: int = 5, *, gender: str | No
                      options: SearchOptions | None = None, **choices) -> pd.DataFrame:
     """The k products most like an already described photo (see index.describe_photo): re-ranking
     with other settings needs no second pass through the network."""
-    options = search_options(options, **choices)
+    return _search(index, query, k, _gender_slice(index, gender), None, search_options(options, **choices))
+
+
+def query_positions(index: Index, query: Query, k: int = 5, *, gender: str | None = None,
+                    colour_weight: float | None = None) -> np.ndarray:
+    """The index rows similar_to_query would show, best first, without building its table: the
+    held-out evaluation searches thousands of uploads."""
+    options = search_options(None, colour_weight=colour_weight)
+    return _ranked(index, query, k, _gender_slice(index, gender), None, options)[0]
+
+
+def _gender_slice(index: Index, gender: str | None) -> slice:
     if gender is not None and gender not in index.gender_rows:
         genders = ", ".join(name or "'' (the products without a gender)" for name in index.gender_rows)
         raise SearchError(f"Unknown gender {gender!r}; choose one of {genders}, or None for the whole catalogue.")
-    rows = slice(0, len(index)) if gender is None else index.gender_rows[gender]
-    return _search(index, query, k, rows, None, options)
+    return slice(0, len(index)) if gender is None else index.gender_rows[gender]
 
 
-def _search(index: Index, query: Query, k, rows: slice, exclude, options: SearchOptions) -> pd.DataFrame:
+def _ranked(index: Index, query: Query, k, rows: slice, exclude, options: SearchOptions) -> tuple[np.ndarray, dict]:
+    """The rows of the results and their scores, as every search path ranks them."""
     k = check_k(k)
     colour_weight = check_colour_weight(index, options.colour_weight)
     if query.doubt is not None:  # the photo's colours are uncertain: lean on shape
@@ -262,6 +273,11 @@ def _search(index: Index, query: Query, k, rows: slice, exclude, options: Search
     if minimum is not None:
         kept = scores["similarity"] >= minimum
         positions, scores = positions[kept], {name: values[kept] for name, values in scores.items()}
+    return positions, scores
+
+
+def _search(index: Index, query: Query, k, rows: slice, exclude, options: SearchOptions) -> pd.DataFrame:
+    positions, scores = _ranked(index, query, k, rows, exclude, options)
     # the table is built from arrays, not row by row: in the app this runs at every answer
     columns = {column: index.catalog[column].array.take(positions) for column in RESULT_COLUMNS}
     product = None if query.position is None else index.catalog.loc[query.position]

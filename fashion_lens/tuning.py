@@ -275,22 +275,23 @@ def train_top_blocks(catalog: pd.DataFrame, labels: dict, recipe: FeatureRecipe,
         return codes
 
     activations, usable = lower_activations(catalog, recipe)
+    activations = activations.astype(np.float32)  # once: 75 KB per photo, read every epoch
     targets = {target: codes[usable] for target, codes in encode(catalog).items()}
     held_out = None
     if validation is not None and len(validation):
         seen, usable = lower_activations(validation, recipe)
-        held_out = (seen, {target: codes[usable] for target, codes in encode(validation).items()})
+        held_out = (seen.astype(np.float32), {target: codes[usable] for target, codes in encode(validation).items()})
     history = []
     # the order of each epoch is drawn here, from the seed: fit's own shuffling draws from TensorFlow's
     # process-wide random state, which a tuning earlier in the same process has moved on
     order = np.random.default_rng(config.seed)
     for epoch in range(config.epochs):
         shuffled = order.permutation(len(activations))
-        fitted = model.fit(activations[shuffled].astype(np.float32), {target: codes[shuffled] for target, codes in targets.items()},
+        fitted = model.fit(activations[shuffled], {target: codes[shuffled] for target, codes in targets.items()},
                            batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
         row = {"loss": float(fitted.history["loss"][0])}
         if held_out is not None:
-            predicted = model.predict(held_out[0].astype(np.float32), batch_size=64, verbose=0)
+            predicted = model.predict(held_out[0], batch_size=64, verbose=0)
             for target in TUNED_LABELS:
                 known = held_out[1][target] >= 0
                 row[f"{target} accuracy"] = float((predicted[target].argmax(axis=1)[known] == held_out[1][target][known]).mean())

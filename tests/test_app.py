@@ -69,12 +69,13 @@ def test_a_product_id_shows_exactly_k_results_in_the_engines_order(app, index):
 
     assert captions(app)[0] == f"Query · {product_id}"
     assert shown_result_ids(app) == expected["ProductId"].tolist()
+    for caption, (_, row) in zip(captions(app)[1:], expected.iterrows(), strict=True):
+        assert f"**#{row['rank']}** · similarity **{row['similarity']:.2f}**" in caption
+        assert row["why"] in caption
+    assert "Women products" in " ".join(messages(app.markdown))  # the gender follows the product
+    assert not app.dataframe  # the table waits for its toggle
+    app.toggle(key="results_as_table").set_value(True).run()
     assert app.dataframe[0].value["ProductId"].tolist() == expected["ProductId"].tolist()
-    shown_text = " ".join(messages(app.markdown) + messages(app.caption))
-    for _, row in expected.iterrows():
-        assert f"**#{row['rank']}** · similarity **{row['similarity']:.2f}**" in shown_text
-        assert row["why"] in shown_text
-    assert "Women products" in shown_text  # the gender follows the product
 
 
 def test_k_filters_colour_weight_and_all_genders_reach_the_engine(app, index):
@@ -84,6 +85,7 @@ def test_k_filters_colour_weight_and_all_genders_reach_the_engine(app, index):
     app.slider(key="colour_weight").set_value(0.6)
     app.multiselect(key="filter_Usage").select(usage)
     app.checkbox(key="across_genders").check()
+    app.toggle(key="results_as_table").set_value(True)
     search(app, product_id)
     expected = similar_products(index, product_id, k=12, colour_weight=0.6, usage=[usage], across_genders=True)
 

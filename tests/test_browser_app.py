@@ -78,8 +78,11 @@ def test_a_query_renders_k_result_photos_with_their_captions(browser, index, tmp
             page.locator(IDLE).wait_for()
             page.wait_for_function(ALL_LOADED, arg=k, timeout=60_000)
 
-            shown = page.locator(RESULT_CAPTIONS).all_inner_texts()
-            assert shown == [f"{pid} · {title}" for pid, title in zip(expected["ProductId"], expected["ProductTitle"])]
+            shown = [text.splitlines() for text in page.locator(RESULT_CAPTIONS).all_inner_texts()]
+            assert [lines[0] for lines in shown] == [f"{pid} · {title}" for pid, title
+                                                     in zip(expected["ProductId"], expected["ProductTitle"])]
+            assert [lines[1] for lines in shown] == [f"#{rank} · similarity {similarity:.2f}" for rank, similarity
+                                                     in zip(expected["rank"], expected["similarity"])]
             assert page.get_by_text(f"{k} most similar among Men products").is_visible()
             assert page.locator('[data-testid="stAlert"]').count() == 0
         finally:

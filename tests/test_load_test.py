@@ -66,8 +66,8 @@ def test_the_protocol_client_gets_the_apps_answers_and_photos(catalog_copy, mobi
         assert answer.status in ("FINISHED_SUCCESSFULLY", "FINISHED_FRAGMENT_RUN_SUCCESSFULLY")
         assert answer.query == product_id
         assert answer.result_ids == expected["ProductId"].tolist()
-        assert [caption for caption, _ in answer.results] == [f"{pid} · {title}" for pid, title
-                                                              in zip(expected["ProductId"], expected["ProductTitle"])]
+        assert [caption.split("  \n")[0] for caption, _ in answer.results] == [  # then rank, similarity, why
+            f"{pid} · {title}" for pid, title in zip(expected["ProductId"], expected["ProductTitle"])]
         assert len(answer.photos) == len(expected) + 1  # the query's photo, then one per result
         assert all(url.startswith("/media/") for _, url in answer.photos)
     # each photo was fetched once: a URL the user has already loaded is not fetched again

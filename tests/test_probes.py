@@ -9,7 +9,7 @@ from fashion_lens.catalog import load_catalog, product_row
 from fashion_lens.errors import FeatureCacheWarning, SettingsError
 from fashion_lens.feature_cache import extract_features
 from fashion_lens.features import default_recipe
-from fashion_lens.index import build_index, describe_photo
+from fashion_lens.index import build_index, describe_photo, describe_photos
 from fashion_lens.probes import (
     ATTRIBUTE_FOLDS,
     ATTRIBUTE_PROBES,
@@ -42,6 +42,19 @@ def test_uploaded_photo_gets_probabilities_from_the_full_probes(index):
     for target, probabilities in query.attributes.items():
         classes = index.attribute_models[target].classes
         assert classes[probabilities.argmax()] == row[target]
+
+
+def test_photos_described_together_get_what_each_gets_alone(index):
+    """The batched description (held-out evaluation) is the upload path: same vector, colours and probabilities."""
+    photos = [product_row(index.catalog, pid)["image_path"] for pid in ("13683", *index.catalog["ProductId"].iloc[[5, 900]])]
+    together = describe_photos(index, photos, batch_size=2)  # a full batch and a part one
+    for photo, query in zip(photos, together, strict=True):
+        alone = describe_photo(index, photo)
+        assert np.abs(query.vector - alone.vector).max() < 1e-4
+        assert np.array_equal(query.colour, alone.colour) and query.doubt == alone.doubt
+        for target, probabilities in alone.attributes.items():
+            assert np.abs(query.attributes[target] - probabilities).max() < 1e-4
+    assert describe_photos(index, []) == []
 
 
 @pytest.fixture
