@@ -164,7 +164,7 @@ INDEXED_PARTS = {"dev": ("train",), "test": ("train", "dev")}
 
 
 def heldout_index(catalog: pd.DataFrame, split: pd.Series, part: str, recipe: FeatureRecipe, artifacts_dir=None,
-                  progress: bool = False) -> Index:
+                  progress: bool = True) -> Index:
     """The index the `part` ("dev" or "test") of split_by_group is searched against: the other
     parts (INDEXED_PARTS), with their own probes; the held-out photos are not in it."""
     if part not in INDEXED_PARTS:
@@ -182,7 +182,7 @@ def check_held_out(index: Index, queries: pd.DataFrame, noun: str) -> None:
 
 
 def evaluate_uploads(index: Index, queries: pd.DataFrame, k: int = 5,
-                     colour_weights: dict[str, float | None] | None = None) -> pd.DataFrame:
+                     colour_weights: dict[str, float | None] | None = None, progress: bool = True) -> pd.DataFrame:
     """precision@k of held-out photos searched as uploads (describe_photos, then within the query's
     gender), one row per colour weight: {row name: weight}, by default the network alone (0) and
     the project's default. The index must not hold any query's photo (build it with heldout_index).
@@ -195,7 +195,7 @@ def evaluate_uploads(index: Index, queries: pd.DataFrame, k: int = 5,
     if index.metric == "euclidean":  # raw distances do not blend: only the network's ranking exists
         colour_weights = {name: weight for name, weight in colour_weights.items() if weight == 0.0}
     queries = queries[queries["Gender"].isin(list(index.gender_rows))]
-    described = describe_photos(index, list(queries["image_path"]))
+    described = describe_photos(index, list(queries["image_path"]), progress=progress)
     scores = {}
     for name, weight in colour_weights.items():
         found = upload_results(index, queries["Gender"], described, k, weight)
@@ -218,11 +218,11 @@ def upload_results(index: Index, genders, described: list, k: int, colour_weight
 
 
 def choose_colour_weight(index: Index, queries: pd.DataFrame, k: int = 5, weights=(0.0, 0.2, 0.4, 0.6, 0.8),
-                         relevance: str = "ProductType and Colour") -> tuple[float, pd.DataFrame]:
+                         relevance: str = "ProductType and Colour", progress: bool = True) -> tuple[float, pd.DataFrame]:
     """The colour weight whose held-out uploads score best on `relevance`, and the table it was read
     from: run it on the development part, then report the weight on the test part."""
     named = {f"w = {weight:g}" + (" (network only)" if weight == 0 else ""): weight for weight in weights}
-    table = evaluate_uploads(index, queries, k, named)
+    table = evaluate_uploads(index, queries, k, named, progress)
     return float(named[table[f"P@{k} {relevance}"].idxmax()]), table
 
 

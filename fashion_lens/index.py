@@ -233,9 +233,11 @@ def describe_photo(index: Index, image) -> Query:
     return describe_photos(index, [image])[0]
 
 
-def describe_photos(index: Index, images, batch_size: int = 32) -> list[Query]:
+def describe_photos(index: Index, images, batch_size: int = 32, progress: bool = False) -> list[Query]:
     """describe_photo for many photos at once (held-out evaluation searches hundreds as uploads): the
     same pipeline, with the photos read in parallel and the network run on batches of `batch_size`."""
+    from tqdm.auto import tqdm
+
     recipe = index.recipe
     with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 2) or 1) as pool:
         inputs = list(pool.map(lambda image: photo_inputs(load_image(image), recipe), images))
@@ -243,8 +245,12 @@ def describe_photos(index: Index, images, batch_size: int = 32) -> list[Query]:
         return []
     squares = np.stack([square for square, _, _ in inputs])
     colours = np.stack([colour for _, colour, _ in inputs])
-    vectors = np.concatenate([np.asarray(index.network(squares[start:start + batch_size], recipe), dtype=np.float32)
-                              for start in range(0, len(squares), batch_size)])
+    vectors = []
+    with tqdm(total=len(squares), desc=f"{recipe.name}: photos described as uploads", unit="img", disable=not progress) as bar:
+        for start in range(0, len(squares), batch_size):
+            vectors.append(np.asarray(index.network(squares[start:start + batch_size], recipe), dtype=np.float32))
+            bar.update(len(vectors[-1]))
+    vectors = np.concatenate(vectors)
     attributes = {}
     if index.attribute_models is not None:
         probe_input = probe_inputs(vectors, colours, recipe.pooling)

@@ -104,7 +104,8 @@ def tune_network(catalog: pd.DataFrame, settings: Settings | None = None, *, con
         config: epochs, learning rate and the rest (TuningConfig).
         validation: products whose accuracy is recorded after each epoch (the learning curves);
             never trained on.
-        progress: print one line when tuning starts and one per epoch.
+        progress: say when tuning starts, then show progress bars (the photos' lower-block pass, the epochs,
+            each with an estimate of the time left and the epochs with the latest dev accuracies).
         train: trains the network (train_top_blocks unless a test injects another).
 
     >>> tuned = tune_network(catalog[split == "train"], validation=catalog[split == "dev"])  # doctest: +SKIP
@@ -210,11 +211,12 @@ def _saved(folder: Path) -> dict | None:
         return None
 
 
-def lower_activations(catalog: pd.DataFrame, recipe: FeatureRecipe) -> tuple[np.ndarray, np.ndarray]:
+def lower_activations(catalog: pd.DataFrame, recipe: FeatureRecipe, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The frozen lower blocks' output for every usable photo (float16, N x 14 x 14 x C), and which
     products had one (a photo that cannot be read is left out, as extraction does). Computed once
     per tuning, so each epoch runs only the top blocks. Photos are squared exactly as for descriptors."""
     import tensorflow as tf
+    from tqdm.auto import tqdm
 
     keras = import_keras()
     backbone = load_backbone(recipe.backbone, recipe.weights)
@@ -225,8 +227,10 @@ def lower_activations(catalog: pd.DataFrame, recipe: FeatureRecipe) -> tuple[np.
         prepared = list(pool.map(lambda path: prepare_photo(path, recipe), catalog["image_path"]))
     usable = np.array([error is None for _, error in prepared])
     pixels = np.stack([result[0] for result, error in prepared if error is None])
-    for start in range(0, len(pixels), 32):
-        outputs.append(np.asarray(call(preprocess_batch(pixels[start:start + 32], recipe))).astype(np.float16))
+    with tqdm(total=len(pixels), desc="photos through the frozen lower blocks", unit="img", disable=not progress) as bar:
+        for start in range(0, len(pixels), 32):
+            outputs.append(np.asarray(call(preprocess_batch(pixels[start:start + 32], recipe))).astype(np.float16))
+            bar.update(len(outputs[-1]))
     return np.concatenate(outputs), usable
 
 
@@ -236,6 +240,7 @@ def train_top_blocks(catalog: pd.DataFrame, labels: dict, recipe: FeatureRecipe,
     weights to `destination` (atomically) and return the history (loss and validation accuracy
     per epoch)."""
     import tensorflow as tf
+    from tqdm.auto import tqdm
 
     keras = import_keras()
     # a fresh copy of the starting network: the shared one (load_backbone) stays untouched
@@ -274,18 +279,19 @@ def train_top_blocks(catalog: pd.DataFrame, labels: dict, recipe: FeatureRecipe,
             codes[target] = np.where(known, found, -1).astype(np.int32)  # -1: no label, or one training never saw
         return codes
 
-    activations, usable = lower_activations(catalog, recipe)
+    activations, usable = lower_activations(catalog, recipe, progress)
     activations = activations.astype(np.float32)  # once: 75 KB per photo, read every epoch
     targets = {target: codes[usable] for target, codes in encode(catalog).items()}
     held_out = None
     if validation is not None and len(validation):
-        seen, usable = lower_activations(validation, recipe)
+        seen, usable = lower_activations(validation, recipe, progress)
         held_out = (seen.astype(np.float32), {target: codes[usable] for target, codes in encode(validation).items()})
     history = []
     # the order of each epoch is drawn here, from the seed: fit's own shuffling draws from TensorFlow's
     # process-wide random state, which a tuning earlier in the same process has moved on
     order = np.random.default_rng(config.seed)
-    for epoch in range(config.epochs):
+    epochs = tqdm(range(config.epochs), desc="tuning", unit="epoch", disable=not progress)  # its estimate: time left
+    for _ in epochs:
         shuffled = order.permutation(len(activations))
         fitted = model.fit(activations[shuffled], {target: codes[shuffled] for target, codes in targets.items()},
                            batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
@@ -296,9 +302,7 @@ def train_top_blocks(catalog: pd.DataFrame, labels: dict, recipe: FeatureRecipe,
                 known = held_out[1][target] >= 0
                 row[f"{target} accuracy"] = float((predicted[target].argmax(axis=1)[known] == held_out[1][target][known]).mean())
         history.append(row)
-        if progress:
-            print(f"tuning epoch {epoch + 1}/{config.epochs}: " + ", ".join(f"{name} {value:.3f}" for name, value in row.items()),
-                  flush=True)
+        epochs.set_postfix({name.replace(" accuracy", ""): f"{value:.3f}" for name, value in row.items()})
     temporary = destination.with_name(f".{uuid.uuid4().hex}-{destination.name}")  # Keras wants the .weights.h5 ending
     try:
         backbone.save_weights(temporary)

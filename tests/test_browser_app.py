@@ -3,15 +3,13 @@ like a user would, its result photos loaded by the browser. Recipe: ../shared/no
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
-from browser_support import free_port, running_server
 
 from fashion_lens.search import similar_products
 from fashion_lens.storage import atomic_write
+from load_test import served_app
 
 pytestmark = pytest.mark.browser
 
@@ -25,17 +23,10 @@ ALL_LOADED = """n => { const images = [...document.querySelectorAll('.st-key-res
 
 
 def serve_app(tmp_path: Path, **environment):
-    """`streamlit run app.py` on a free port (flags from the recipe), HOME in a temporary folder."""
-    port = free_port()
-    env = {**os.environ, "HOME": str(tmp_path / "home"), **environment}
-    Path(env["HOME"]).mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-               "--server.address", "127.0.0.1", "--server.port", str(port),
-               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-               "--server.runOnSave", "false", "--global.developmentMode", "false"]
-    server = running_server(command, f"http://127.0.0.1:{port}/_stcore/health", tmp_path / "streamlit.log",
-                            cwd=PROJECT_DIR, env=env)
-    return server, f"http://127.0.0.1:{port}"
+    """The app as load_test serves it, on a free port of 127.0.0.1, HOME in a temporary folder."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return served_app(tmp_path / "streamlit.log", {"HOME": str(home), **environment})
 
 
 def open_page(browser, errors: list):
@@ -57,9 +48,8 @@ def test_a_query_renders_k_result_photos_with_their_captions(browser, index, tmp
     product_id = index.catalog.at[index.gender_rows["Men"].start + 2, "ProductId"]
     k = 10
     expected = similar_products(index, product_id, k=k)
-    server, url = serve_app(tmp_path)
     errors: list[str] = []
-    with server:
+    with serve_app(tmp_path) as (_, url):
         page = open_page(browser, errors)
         try:
             page.goto(url)
@@ -92,10 +82,8 @@ def test_a_query_renders_k_result_photos_with_their_captions(browser, index, tmp
 
 
 def test_missing_features_show_a_progress_bar_then_the_results(browser, catalog_copy, mobilenet_weights, tmp_path):
-    server, url = serve_app(tmp_path, FASHION_LENS_DATA=str(catalog_copy),
-                            FASHION_LENS_ARTIFACTS=str(tmp_path / "artifacts"))
     errors: list[str] = []
-    with server:
+    with serve_app(tmp_path, FASHION_LENS_DATA=str(catalog_copy), FASHION_LENS_ARTIFACTS=str(tmp_path / "artifacts")) as (_, url):
         page = open_page(browser, errors)
         try:
             page.goto(url)
