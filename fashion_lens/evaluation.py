@@ -64,12 +64,13 @@ def rank_all(index: Index, k: int = 5, colour_weight: float | None = None) -> np
     return ranks
 
 
-def relevance_matrix(index: Index, ranks: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
-    """(N, k) booleans: does the result at each rank share `columns` with its query?"""
+def relevance_matrix(index: Index, ranks: np.ndarray, columns: tuple[str, ...], queries: pd.DataFrame | None = None) -> np.ndarray:
+    """(N, k) booleans: does the result at each rank share `columns` with its query? The queries are
+    the index's products, row for row (rank_all), or the rows of `queries` (held-out uploads)."""
+    queries = index.catalog if queries is None else queries
     relevant = np.ones(ranks.shape, dtype=bool)
     for column in columns:
-        values = index.catalog[column].to_numpy()
-        relevant &= values[ranks] == values[:, None]
+        relevant &= index.catalog[column].to_numpy()[ranks] == queries[column].to_numpy()[:, None]
     return relevant & (ranks >= 0)
 
 
@@ -201,10 +202,7 @@ def evaluate_uploads(index: Index, queries: pd.DataFrame, k: int = 5,
         found = upload_results(index, queries["Gender"], described, k, weight)
         scores[name] = {"labels used": labels_used(index, weight)}
         for relevance, columns in RELEVANCE.items():
-            relevant = found >= 0
-            for column in columns:
-                relevant &= index.catalog[column].to_numpy()[found] == queries[column].to_numpy()[:, None]
-            scores[name][f"P@{k} {relevance}"] = precision_at_k(relevant)
+            scores[name][f"P@{k} {relevance}"] = precision_at_k(relevance_matrix(index, found, columns, queries))
     return pd.DataFrame(scores).T.infer_objects()
 
 

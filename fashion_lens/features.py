@@ -306,6 +306,19 @@ def grid_quadrants(height: int, width: int) -> list[tuple[slice, slice]]:
 
 
 
+def in_batches(call, pixels: np.ndarray, batch_size: int, *, desc: str, progress: bool) -> np.ndarray:
+    """call(batch) over `pixels` in batches of `batch_size`, the outputs concatenated; a progress bar
+    (with its estimate of the time left) when `progress`."""
+    from tqdm.auto import tqdm
+
+    outputs = []
+    with tqdm(total=len(pixels), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(pixels), batch_size):
+            outputs.append(call(pixels[start:start + batch_size]))
+            bar.update(len(outputs[-1]))
+    return np.concatenate(outputs)
+
+
 def run_network(pixels: np.ndarray, recipe: FeatureRecipe, *, compiled: bool = True) -> np.ndarray:
     """A batch of square uint8 photos (N, size, size, 3) -> (N, D) descriptors, as the recipe says.
     compiled=False calls the Keras model eagerly (the benchmark's "before")."""

@@ -28,7 +28,7 @@ import pandas as pd
 from .catalog import FILTER_COLUMNS, genders_of, id_order, load_catalog
 from .errors import CatalogError
 from .feature_cache import Features, extract_features, photo_inputs
-from .features import FeatureRecipe, run_network
+from .features import FeatureRecipe, in_batches, run_network
 from .images import load_image
 from .probes import ATTRIBUTE_MIN_PRODUCTS, AttributeModel, fit_attribute_probes, probe_inputs
 from .settings import RANDOM_WEIGHTS, Settings, get_settings
@@ -236,8 +236,6 @@ def describe_photo(index: Index, image) -> Query:
 def describe_photos(index: Index, images, batch_size: int = 32, progress: bool = False) -> list[Query]:
     """describe_photo for many photos at once (held-out evaluation searches hundreds as uploads): the
     same pipeline, with the photos read in parallel and the network run on batches of `batch_size`."""
-    from tqdm.auto import tqdm
-
     recipe = index.recipe
     with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 2) or 1) as pool:
         inputs = list(pool.map(lambda image: photo_inputs(load_image(image), recipe), images))
@@ -245,12 +243,8 @@ def describe_photos(index: Index, images, batch_size: int = 32, progress: bool =
         return []
     squares = np.stack([square for square, _, _ in inputs])
     colours = np.stack([colour for _, colour, _ in inputs])
-    vectors = []
-    with tqdm(total=len(squares), desc=f"{recipe.name}: photos described as uploads", unit="img", disable=not progress) as bar:
-        for start in range(0, len(squares), batch_size):
-            vectors.append(np.asarray(index.network(squares[start:start + batch_size], recipe), dtype=np.float32))
-            bar.update(len(vectors[-1]))
-    vectors = np.concatenate(vectors)
+    vectors = in_batches(lambda batch: np.asarray(index.network(batch, recipe), dtype=np.float32), squares, batch_size,
+                         desc=f"{recipe.name}: photos described as uploads", progress=progress)
     attributes = {}
     if index.attribute_models is not None:
         probe_input = probe_inputs(vectors, colours, recipe.pooling)

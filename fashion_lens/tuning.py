@@ -33,7 +33,7 @@ import pandas as pd
 
 from .errors import SettingsError
 from .feature_cache import prepare_photo
-from .features import FeatureRecipe, default_recipe, import_keras, load_backbone, preprocess_batch, resolve_recipe
+from .features import FeatureRecipe, default_recipe, import_keras, in_batches, load_backbone, preprocess_batch, resolve_recipe
 from .settings import ENVIRONMENT_VARIABLES, TUNED_WEIGHTS, Settings, get_settings
 from .storage import atomic_write, file_sha256, folder_lock, writable_dir
 
@@ -216,22 +216,18 @@ def lower_activations(catalog: pd.DataFrame, recipe: FeatureRecipe, progress: bo
     products had one (a photo that cannot be read is left out, as extraction does). Computed once
     per tuning, so each epoch runs only the top blocks. Photos are squared exactly as for descriptors."""
     import tensorflow as tf
-    from tqdm.auto import tqdm
 
     keras = import_keras()
     backbone = load_backbone(recipe.backbone, recipe.weights)
     lower = keras.Model(backbone.input, backbone.get_layer(CUT_LAYERS[recipe.backbone]).output)
     call = tf.function(lambda batch: lower(batch, training=False))
-    outputs = []
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         prepared = list(pool.map(lambda path: prepare_photo(path, recipe), catalog["image_path"]))
     usable = np.array([error is None for _, error in prepared])
     pixels = np.stack([result[0] for result, error in prepared if error is None])
-    with tqdm(total=len(pixels), desc="photos through the frozen lower blocks", unit="img", disable=not progress) as bar:
-        for start in range(0, len(pixels), 32):
-            outputs.append(np.asarray(call(preprocess_batch(pixels[start:start + 32], recipe))).astype(np.float16))
-            bar.update(len(outputs[-1]))
-    return np.concatenate(outputs), usable
+    activations = in_batches(lambda batch: np.asarray(call(preprocess_batch(batch, recipe))).astype(np.float16), pixels, 32,
+                             desc="photos through the frozen lower blocks", progress=progress)
+    return activations, usable
 
 
 def train_top_blocks(catalog: pd.DataFrame, labels: dict, recipe: FeatureRecipe, config: TuningConfig,
